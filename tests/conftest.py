@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random Llama-style models built from a config (no download, fixed seeds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+DATA_DIR = Path(
+    os.environ.get("AUTOJUDGE_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+
+
+def tiny_llama(seed: int = 0, *, layers: int = 4, hidden: int = 64, vocab: int = 96, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        **overrides,
+    )
+    model = LlamaForCausalLM(config).eval()
+    # Random init gives near-uniform logits; sharpen them so greedy paths are stable and varied.
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"shared data not found at {DATA_DIR}; set AUTOJUDGE_DATA_DIR")
+    return DATA_DIR
