@@ -109,7 +109,9 @@ def run_bench(
         for name, run in runners.items():
             tokens, stats = run(prompt)
             answer = extract_final_number(pair.tokenizer.decode(tokens, skip_special_tokens=True))
-            totals[name].add(tokens, stats, answer is not None and gold is not None and answers_match(answer, gold))
+            totals[name].add(
+                tokens, stats, answer is not None and gold is not None and answers_match(answer, gold)
+            )
     return _report(pair, cfg, totals, stand_in, threshold)
 
 

@@ -79,9 +79,7 @@ def _add_fit_draft(sub) -> None:
     _model_args(p, draft=False)
     p.add_argument("--limit", type=int, default=120, help="training problems to answer")
     p.add_argument("--layers", default="8,10,12,16,20,24", help="exit layers to fit and compare")
-    p.add_argument(
-        "--save-layer", type=int, default=None, help="which exit layer to save (default: the last listed)"
-    )
+    p.add_argument("--save-layers", default="", help="exit layers whose adapters to save, e.g. 10,24")
     p.add_argument("--ridge", default="0.001,0.01,0.1", help="ridge strengths to try (relative)")
     p.add_argument("--heldout", type=float, default=0.2, help="share of problems held out for agreement")
     p.add_argument("--head-sizes", default="4096,8192,16384", help="truncated draft-head sizes to report")
@@ -92,7 +90,9 @@ def _add_fit_draft(sub) -> None:
     p.add_argument(
         "--answers", default=None, help="resumable JSONL of target answers (default: in the cache)"
     )
-    p.add_argument("--out", default="selfdraft.safetensors", help="adapter file to write (+ .json card)")
+    p.add_argument(
+        "--out", default="selfdraft-exit{layer}.safetensors", help="adapter file ({layer} is filled in)"
+    )
     p.set_defaults(func=cmd_fit_draft)
 
 
@@ -111,7 +111,9 @@ def cmd_bench(args) -> int:
     from .config import DecodeConfig
     from .pair import load_pair
 
-    pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype)
+    pair = load_pair(
+        args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype
+    )
     cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
     judge, features = None, "DD-DT"
     if args.judge:
@@ -152,42 +154,30 @@ def format_bench(report: dict) -> str:
 
 
 def cmd_fit_draft(args) -> int:
-    import torch
-
     from .models import cache_root
     from .pair import load_pair
-    from .selfdraft import collect_states, fit_adapters, generate_answers, to_adapter, token_order
+    from .selfdraft import (
+        adapter_card,
+        collect_states,
+        fit_adapters,
+        generate_answers,
+        to_adapter,
+        token_order,
+    )
 
     pair = load_pair(args.target, "none", device=args.device, dtype=args.dtype)
-    layers = [int(x) for x in args.layers.split(",")]
-    save_layer = args.save_layer or layers[-1]
-    if save_layer not in layers:
-        layers.append(save_layer)
-    answers = (
-        Path(args.answers)
-        if args.answers
-        else cache_root() / "fit-draft" / _slug(pair.target.name) / "answers.jsonl"
-    )
+    save = [int(x) for x in args.save_layers.split(",")] if args.save_layers else []
+    layers = sorted({int(x) for x in args.layers.split(",")} | set(save))
+    slug = _slug(pair.target.name)
+    answers = Path(args.answers) if args.answers else cache_root() / "fit-draft" / slug / "answers.jsonl"
     prompts = _gsm8k_prompts(pair.tokenizer, "train", args.data, args.limit)
-    rows = generate_answers(
-        pair.stack,
-        ((f"train-{i}", ids) for i, (ids, _) in enumerate(prompts)),
-        answers,
-        stop=pair.stop(args.max_new_tokens),
-        total=len(prompts),
-    )
+    ids = ((f"train-{i}", prompt) for i, (prompt, _) in enumerate(prompts))
+    rows = generate_answers(pair.stack, ids, answers, stop=pair.stop(args.max_new_tokens), total=len(prompts))
     rows = [r for r in rows if int(r["id"].split("-")[1]) < args.limit]
     data = collect_states(pair.stack, rows, layers)
-    order = token_order(rows, pair.stack.lm_head.weight.shape[0])
     head_sizes = [int(x) for x in args.head_sizes.split(",") if x]
-    results = fit_adapters(
-        pair.stack,
-        data,
-        ridges=[float(r) for r in args.ridge.split(",")],
-        heldout=args.heldout,
-        head_sizes=head_sizes,
-        order=order,
-    )
+    ridges = [float(r) for r in args.ridge.split(",")]
+    results = fit_adapters(pair.stack, data, rows, ridges=ridges, heldout=args.heldout, head_sizes=head_sizes)
     print(f"{len(rows)} problems, {len(data.final)} answer tokens ({results[0]['heldout_tokens']} held out)")
     print(
         f"{'exit':>4} {'raw':>6} {'adapter':>8} {'ridge':>7} "
@@ -196,25 +186,18 @@ def cmd_fit_draft(args) -> int:
     for r in results:
         heads = " ".join(f"{r['head_agreement'][n]:>10.1%}" for n in head_sizes)
         print(f"{r['layer']:>4} {r['raw_agreement']:>6.1%} {r['agreement']:>8.1%} {r['ridge']:>7g} {heads}")
-    chosen = next(r for r in results if r["layer"] == save_layer)
-    card = {
-        "target": pair.target.name,
-        "ridge": chosen["ridge"],
-        "problems": len(rows),
-        "train_tokens": chosen["train_tokens"] + chosen["heldout_tokens"],
-        "heldout_agreement": round(chosen["agreement"], 4),
-        "raw_exit_agreement": round(chosen["raw_agreement"], 4),
-        "heldout_head_agreement": {str(n): round(v, 4) for n, v in chosen["head_agreement"].items()},
-        "all_layers": {str(r["layer"]): round(r["agreement"], 4) for r in results},
-        "default_head_vocab": args.default_head,
-        "data": "gsm8k train (target's greedy answers, zero-shot chat prompt)",
-        "dtype": str(pair.target.dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-        "command": "autojudge-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    to_adapter(chosen, order).save(Path(args.out), card)
-    print(f"saved exit-{save_layer} adapter to {args.out} (+ {Path(args.out).with_suffix('.json').name})")
+    order = token_order(rows, pair.stack.lm_head.weight.shape[0])
+    for result in (r for r in results if r["layer"] in save):
+        out = Path(args.out.format(layer=result["layer"]))
+        card = adapter_card(result, rows, head_sizes) | {
+            "target": pair.target.name,
+            "default_head_vocab": args.default_head,
+            "dtype": str(pair.target.dtype).replace("torch.", ""),
+            "command": "autojudge-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        to_adapter(result, order).save(out, card)
+        print(f"saved the exit-{result['layer']} adapter to {out} (+ {out.with_suffix('.json').name})")
     return 0
 
 

@@ -74,7 +74,11 @@ class StopCriteria:
             raise ConfigError("stop strings need a decode function (the tokenizer's)")
 
     def check(self, tokens: list[int]) -> tuple[int, str] | None:
-        """Return (tokens to keep, reason) once generation must stop, else None. Keeps nothing past a stop."""
+        """Return (tokens to keep, reason) once generation must stop, else None. Keeps nothing past a stop.
+
+        Tokens past the budget (a window's bonus token can overshoot it) are never searched for stops.
+        """
+        tokens = tokens[: self.max_new_tokens]
         for i, tok in enumerate(tokens):
             if tok in self.eos_ids:
                 return i, "eos"

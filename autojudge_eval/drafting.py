@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, JudgeArtifactError
@@ -70,7 +71,7 @@ class Adapter:
         try:
             card = json.loads(card_path.read_text())
             tensors = load_file(str(path))
-        except (OSError, ValueError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             raise JudgeArtifactError(f"corrupt self-draft adapter {path}: {exc}") from exc
         if card.get("format") != ADAPTER_FORMAT or "weight" not in tensors or "bias" not in tensors:
             raise JudgeArtifactError(f"{path} is not a self-draft adapter (format {card.get('format')!r})")

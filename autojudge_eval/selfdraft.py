@@ -137,47 +137,60 @@ def split_by_problem(data: FitData, heldout: float, seed: int = 0) -> tuple[torc
 def fit_adapters(
     stack: LayerStack,
     data: FitData,
+    rows: Sequence[dict],
     *,
     ridges: Sequence[float],
     heldout: float,
     head_sizes: Sequence[int],
-    order,
 ) -> list[dict]:
-    """Fit each exit layer with each ridge; report held-out agreement (full head and truncated heads)."""
+    """Fit each exit layer with each ridge; report held-out agreement (full head and truncated heads).
+
+    The truncated heads' vocabularies count tokens of the training problems only, so held-out agreement
+    stays honest; the shipped vocabulary order (see :func:`token_order`) counts every problem.
+    """
     train, test = split_by_problem(data, heldout)
+    vocab = stack.lm_head.weight.shape[0]
+    order = token_order([rows[i] for i in torch.unique(data.group[train]).tolist()], vocab).to(stack.device)
+    target = data.next_token[test]
     results = []
     for layer, x in data.states.items():
-        raw = agreement(
-            stack,
-            x[test],
-            torch.zeros(x.shape[1], x.shape[1]),
-            torch.zeros(x.shape[1]),
-            data.next_token[test],
-        )
-        best = None
+        zero = torch.zeros(x.shape[1], x.shape[1]), torch.zeros(x.shape[1])
+        best = {"agreement": -1.0}
         for ridge in ridges:
             weight, bias = fit_ridge(x[train], data.final[train], ridge)
-            score = agreement(stack, x[test], weight, bias, data.next_token[test])
-            if best is None or score > best["agreement"]:
+            score = agreement(stack, x[test], weight, bias, target)
+            if score > best["agreement"]:
                 best = {"layer": layer, "ridge": ridge, "agreement": score, "weight": weight, "bias": bias}
-        best["raw_agreement"] = raw
+        best["raw_agreement"] = agreement(stack, x[test], *zero, target)
         best["head_agreement"] = {
-            n: agreement(
-                stack,
-                x[test],
-                best["weight"],
-                best["bias"],
-                data.next_token[test],
-                order[:n].to(stack.device),
-            )
-            for n in head_sizes
+            n: agreement(stack, x[test], best["weight"], best["bias"], target, order[:n]) for n in head_sizes
         }
         # Refit on all positions with the chosen ridge for the shipped adapter.
         best["weight"], best["bias"] = fit_ridge(x, data.final, best["ridge"])
         best["train_tokens"], best["heldout_tokens"] = int(train.sum()), int(test.sum())
         results.append(best)
-        log.info("exit %d: raw %.3f, adapter %.3f (ridge %g)", layer, raw, best["agreement"], best["ridge"])
+        log.info(
+            "exit %d: raw %.3f, adapter %.3f (ridge %g)",
+            layer,
+            best["raw_agreement"],
+            best["agreement"],
+            best["ridge"],
+        )
     return results
+
+
+def adapter_card(result: dict, rows: Sequence[dict], head_sizes: Sequence[int]) -> dict:
+    """What the adapter's JSON card records about its fit (the caller adds target, command, date)."""
+    return {
+        "ridge": result["ridge"],
+        "problems": len(rows),
+        "tokens": result["train_tokens"] + result["heldout_tokens"],
+        "heldout_tokens": result["heldout_tokens"],
+        "heldout_agreement": round(result["agreement"], 4),
+        "raw_exit_agreement": round(result["raw_agreement"], 4),
+        "heldout_head_agreement": {str(n): round(result["head_agreement"][n], 4) for n in head_sizes},
+        "data": "gsm8k train: the target's greedy answers to the zero-shot chat prompt",
+    }
 
 
 def to_adapter(result: dict, order: torch.Tensor) -> Adapter:

@@ -70,7 +70,11 @@ def test_all_accepted_path_with_identical_draft(target):
     for prompt in prompts(4, seed=1):
         reference, _ = greedy(target, prompt, n=30)
         out, stats = speculative_generate(
-            target, ModelDrafter(FullModel(target, VOCAB), "cpu"), prompt, stop=StopCriteria(max_new_tokens=30), window=4
+            target,
+            ModelDrafter(FullModel(target, VOCAB), "cpu"),
+            prompt,
+            stop=StopCriteria(max_new_tokens=30),
+            window=4,
         )
         assert out == reference
         assert all(a == 4 for a in stats.accepted[:-1])
@@ -213,7 +217,9 @@ def test_stop_strings_cut_at_the_stop(target):
 
 def test_bad_inputs_raise_clear_errors(target):
     with pytest.raises(ConfigError, match="window"):
-        speculative_generate(target, ModelDrafter(FullModel(target, VOCAB), "cpu"), [1], stop=StopCriteria(4), window=0)
+        speculative_generate(
+            target, ModelDrafter(FullModel(target, VOCAB), "cpu"), [1], stop=StopCriteria(4), window=0
+        )
     with pytest.raises(ConfigError, match="empty prompt"):
         speculative_generate(target, None, [], stop=StopCriteria(4))
     with pytest.raises(ConfigError, match="decode"):
@@ -226,7 +232,10 @@ def test_draft_with_a_differently_padded_head_still_verifies(target):
     for prompt in prompts(3, seed=5):
         reference, _ = greedy(target, prompt)
         out, _ = speculative_generate(
-            target, ModelDrafter(FullModel(padded, VOCAB), "cpu"), prompt, stop=StopCriteria(max_new_tokens=24)
+            target,
+            ModelDrafter(FullModel(padded, VOCAB), "cpu"),
+            prompt,
+            stop=StopCriteria(max_new_tokens=24),
         )
         assert out == reference and max(out) < VOCAB
 
@@ -235,7 +244,11 @@ def test_truncated_draft_head_maps_back_to_vocabulary_ids(target):
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(VOCAB, generator=gen)
     adapter = Adapter(torch.zeros(64, 64), torch.zeros(64), exit_layer=2, vocab=order)
-    full, all_rows, few = EarlyExit(target, adapter), EarlyExit(target, adapter, VOCAB), EarlyExit(target, adapter, 8)
+    full, all_rows, few = (
+        EarlyExit(target, adapter),
+        EarlyExit(target, adapter, VOCAB),
+        EarlyExit(target, adapter, 8),
+    )
     normed = torch.randn(20, 64)
     with torch.no_grad():
         assert torch.equal(full.tokens(normed), all_rows.tokens(normed))
@@ -244,3 +257,20 @@ def test_truncated_draft_head_maps_back_to_vocabulary_ids(target):
         reference, _ = greedy(target, prompt)
         out, _ = speculative_generate(target, SelfDrafter(few), prompt, stop=StopCriteria(max_new_tokens=24))
         assert out == reference
+
+
+def test_a_stop_string_past_the_budget_is_ignored(target):
+    """The all-accepted bonus token can overshoot max_new_tokens; a stop string there must not count."""
+
+    def decode(tokens):
+        return " ".join(f"t{t}" for t in tokens)
+
+    reference, _ = greedy(target, [3, 1, 4], n=12)
+    marker = f"t{reference[7]}"
+    if marker in decode(reference[:7]):
+        pytest.skip("marker token repeats earlier in this greedy path")
+    stop = StopCriteria(max_new_tokens=7, stop_strings=(marker,), decode=decode)
+    out, stats = speculative_generate(
+        target, ModelDrafter(FullModel(target, VOCAB), "cpu"), [3, 1, 4], stop=stop, window=8
+    )
+    assert out == reference[:7] and stats.stop_reason == "max_new_tokens"
