@@ -82,8 +82,7 @@ def test_default_pair_lossless_equals_target(default_pair):
             )
             assert out == base
             assert stats.tokens_per_cycle > 1.0  # the fitted self-draft is accepted often
-    text = default_pair.tokenizer.decode(base)
-    assert any(ch.isdigit() for ch in text)
+    assert default_pair.tokenizer.decode(base).strip()
 
 
 @pytest.mark.slow
@@ -94,4 +93,4 @@ def test_default_adapter_card_matches_the_default_target(default_pair):
         from autojudge_eval.pair import load_pair
 
         load_pair("default", f"self:layers={drafter.exit_layer + 1},adapter=default", device="cpu")
-    assert torch.isfinite(drafter.weight).all()
+    assert torch.isfinite(drafter.model.weight).all() and drafter.model.head_weight.shape[0] == 8192
