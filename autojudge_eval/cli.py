@@ -38,7 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_bench(sub)
     _add_fit_draft(sub)
+    _add_mine(sub)
+    _add_train(sub)
     return parser
+
+
+def _add_mine(sub) -> None:
+    from .mining_cli import add_mine_arguments, mine_main
+
+    p = sub.add_parser("mine", help="mine important-token labels (semi-greedy search) with judge features")
+    add_mine_arguments(p)
+    p.set_defaults(func=mine_main)
+
+
+def _add_train(sub) -> None:
+    from .mining_cli import add_train_arguments, train_main
+
+    p = sub.add_parser("train", help="fit a judge (scaler + logistic regression) on mined labels")
+    add_train_arguments(p)
+    p.set_defaults(func=train_main)
 
 
 def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
@@ -47,6 +65,7 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
         p.add_argument(
             "--draft", default=None, help="draft spec; default: self:default for the default target"
         )
+        p.add_argument("--draft-dtype", default=None, help="run the draft in another dtype (e.g. bfloat16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

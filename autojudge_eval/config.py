@@ -43,8 +43,13 @@ class ModelSpec:
 
     def describe(self) -> str:
         if self.kind == "self":
-            extra = f",head={self.head_vocab}" if self.head_vocab else ""
-            return f"self:layers={self.layers},adapter={self.adapter}{extra}"
+            parts = [
+                f"layers={self.layers}" if self.layers else "",
+                f"adapter={self.adapter}" if self.adapter else "",
+            ]
+            parts.append(f"head={self.head_vocab}" if self.head_vocab else "")
+            body = ",".join(p for p in parts if p)
+            return "self:default" if body == "adapter=default" else f"self:{body}"
         return self.source or self.kind
 
 

@@ -92,3 +92,10 @@ def test_device_and_dtype():
         assert resolve_device("auto") == "cpu"
         with pytest.raises(ConfigError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_self_spec_names_are_stable():
+    """Judges and mined data record the pair by these names."""
+    assert parse_model_spec("self:default", allow_self=True).describe() == "self:default"
+    assert parse_model_spec("self:layers=6", allow_self=True).describe() == "self:layers=6"
+    assert parse_model_spec("self:layers=6,head=512", allow_self=True).describe() == "self:layers=6,head=512"

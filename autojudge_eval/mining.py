@@ -1,0 +1,294 @@
+"""Label mining: the AutoJudge paper's semi-greedy search for important draft/target mismatches.
+
+Per problem: the target's greedy answer gives the reference outcome. Walk the answer left to right; at the
+first position after the last decided one where the draft's greedy token differs from the text's token,
+put the draft token there and let the target continue greedily. Same outcome (``answers.py``): the mismatch
+is unimportant and the new text is kept; otherwise it is important and the old text stays. Repeat to the end.
+
+Every mismatch records the judge's features exactly as the decoder builds them (``decoding._speculate``):
+the draft's last hidden state after reading the draft token, and the target's after reading it (the first
+step of the continuation computes it anyway). Rollouts, cache reuse and draft predictions: ``rollout.py``;
+files and resume: ``records.py``; the command line: ``mining_cli.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .answers import OutcomeTask
+from .errors import AutojudgeError
+from .kv_cache import KVCache
+from .mining_cli import add_mine_arguments, mine_main  # noqa: F401  the CLI entry points
+from .records import MismatchLabel, PartWriter, ProblemRecord, done_problem_ids, part_name
+from .rollout import TargetRunner, draft_view, sync_prefix
+from .stack import LayerStack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MineSettings:
+    max_new_tokens: int = 400  # answer budget of the reference and of every continuation
+    reuse_cache: bool = True  # False: recompute the prefix for every alternative (the paper's baseline)
+    lookahead: int = 8  # old-text tokens the target verifies per forward in a continuation (0: off)
+
+    def runner_lookahead(self) -> int:
+        return self.lookahead if self.reuse_cache else 0
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt_ids: tuple[int, ...]
+    task: OutcomeTask
+
+
+@dataclass
+class MinedProblem:
+    record: ProblemRecord
+    labels: list[MismatchLabel]
+    draft_hidden: torch.Tensor  # (m, Hd) float32
+    target_hidden: torch.Tensor  # (m, H) float32
+    answer: list[int]  # the final text of the search (answer tokens)
+    reference: list[int]  # the target's own greedy answer
+
+
+class Miner:
+    """Mines one problem at a time with a target stack and its drafter (batch size 1)."""
+
+    def __init__(
+        self, stack: LayerStack, drafter, eos_ids: Sequence[int], settings: MineSettings, piece=None
+    ):
+        self.stack = stack
+        self.view = draft_view(drafter)
+        self.runner = TargetRunner(stack, self.view.capture_layer, settings.runner_lookahead())
+        self.eos = frozenset(int(i) for i in eos_ids)
+        self.settings = settings
+        self.piece = piece or str  # token id -> readable text, for the records
+        self._caches: tuple[KVCache, KVCache] | None = None
+        self._cur = self._scratch = None  # the current text's cache, and the one alternatives are built in
+
+    @classmethod
+    def from_pair(cls, pair, settings: MineSettings) -> Miner:
+        tok = pair.tokenizer
+        return cls(pair.stack, pair.drafter, pair.eos_ids, settings, lambda t: tok.decode([t]))
+
+    def _alloc(self, max_len: int) -> tuple[KVCache, KVCache]:
+        if self._caches is None or self._caches[0].max_len < max_len:
+            self._caches = (self.stack.new_cache(max_len), self.stack.new_cache(max_len))
+        for cache in self._caches:
+            cache.crop(0)
+        self.view.reset(max_len)
+        return self._caches
+
+    def _stopper(self, prompt_len: int, task: OutcomeTask):
+        budget, eos = self.settings.max_new_tokens, self.eos
+
+        def stop(seq: list[int]) -> bool:
+            n = len(seq) - prompt_len
+            if n <= 0:
+                return False
+            return seq[-1] in eos or n >= budget or task.decided(seq[prompt_len:])
+
+        return stop
+
+    def mine(self, problem: Problem) -> MinedProblem:
+        """Run the semi-greedy search on one problem; labels and features in mismatch order."""
+        start = time.perf_counter()
+        prompt, task, forwards = list(problem.prompt_ids), problem.task, self.runner.forwards
+        n_prompt = len(prompt)
+        self._cur, self._scratch = self._alloc(
+            n_prompt + self.settings.max_new_tokens + self.settings.lookahead + 2
+        )
+        stop = self._stopper(n_prompt, task)
+        ref = self.runner.rollout(prompt, self._cur, stop)
+        reference = task.outcome(ref.tokens[n_prompt:])
+        walk = _Walk(prompt, ref.tokens[n_prompt:], self.view.start(ref, n_prompt))
+        while (j := walk.next_mismatch()) is not None:
+            self._try(problem, walk, j, reference, stop)
+        labels = walk.labels
+        record = ProblemRecord(
+            problem_id=problem.id,
+            prompt_tokens=n_prompt,
+            reference_tokens=len(ref.tokens) - n_prompt,
+            final_tokens=len(walk.text),
+            reference_outcome=reference,
+            mismatches=len(labels),
+            important=sum(label.important for label in labels),
+            continuation_tokens=sum(label.continuation_tokens for label in labels),
+            target_forwards=self.runner.forwards - forwards,
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        draft = _stack(walk.draft_rows, self.view.hidden_size)
+        target = _stack(walk.target_rows, self.stack.hidden_size)
+        return MinedProblem(record, labels, draft, target, walk.text, ref.tokens[n_prompt:])
+
+    def _try(self, problem: Problem, walk: _Walk, j: int, reference: str, stop) -> None:
+        """Label the mismatch at answer position ``j`` and keep the text its outcome calls for."""
+        tick, at, task = time.perf_counter(), len(walk.prompt) + j, problem.task
+        if self.settings.reuse_cache:
+            sync_prefix(self._cur, self._scratch, walk.valid, at)
+        else:
+            self._scratch.crop(0)
+        draft_token, old = walk.preds[j], walk.text[j]
+        roll = self.runner.rollout(
+            walk.prompt + walk.text[:j] + [draft_token], self._scratch, stop, walk.text[j + 1 :]
+        )
+        outcome = task.outcome(roll.tokens[len(walk.prompt) :])
+        important = not task.same(reference, outcome)
+        walk.draft_rows.append(self.view.mismatch(roll, at).float().cpu())
+        walk.target_rows.append(roll.target_hidden(at).float().cpu())
+        if important:
+            self.view.reject(at)
+        else:
+            walk.preds = walk.preds[: j + 1] + self.view.accept(roll, at)
+            walk.text = roll.tokens[len(walk.prompt) :]
+            self._cur, self._scratch = self._scratch, self._cur
+        walk.valid, walk.decided = at, j + 1
+        walk.labels.append(
+            MismatchLabel(
+                problem_id=problem.id,
+                index=len(walk.labels),
+                position=j,
+                draft_token=int(draft_token),
+                target_token=int(old),
+                important=important,
+                reference_outcome=reference,
+                outcome=outcome,
+                continuation_tokens=len(roll.tokens) - at - 1,
+                seconds=round(time.perf_counter() - tick, 4),
+                draft_piece=self.piece(int(draft_token)),
+                target_piece=self.piece(int(old)),
+            )
+        )
+
+
+@dataclass
+class _Walk:
+    """The state of one problem's search: the current text, the draft's predictions for it, the results."""
+
+    prompt: list[int]
+    text: list[int]  # the current answer
+    preds: list[int]  # the draft's greedy token at every answer position, given the current text before it
+    decided: int = 0  # positions before this one are decided
+    valid: int = 0  # the scratch cache agrees with the current text on this many positions
+    labels: list[MismatchLabel] = field(default_factory=list)
+    draft_rows: list[torch.Tensor] = field(default_factory=list)
+    target_rows: list[torch.Tensor] = field(default_factory=list)
+
+    def next_mismatch(self) -> int | None:
+        return next((i for i in range(self.decided, len(self.text)) if self.preds[i] != self.text[i]), None)
+
+
+def _stack(rows: list[torch.Tensor], size: int) -> torch.Tensor:
+    return torch.stack(rows) if rows else torch.zeros(0, size)
+
+
+def run_mining(
+    miner: Miner,
+    problems: Sequence[Problem],
+    out: Path,
+    header: dict,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    checkpoint_every: int = 4,
+    progress: bool = True,
+) -> dict:
+    """Mine this shard's problems into ``out``/part-i-of-n, skipping problems any part has committed.
+
+    Problem k belongs to shard ``k % n``. A checkpoint commits every ``checkpoint_every`` problems; a problem
+    whose outcome cannot be computed (e.g. a sandbox failure) is logged and left for the next run.
+    """
+    index, count = shard
+    folder = Path(out) / part_name(index, count)
+    writer = PartWriter(folder, {**header, "part": f"{index}/{count}"})
+    done = done_problem_ids(Path(out))
+    mine = [p for k, p in enumerate(problems) if k % count == index and p.id not in done]
+    totals = {"problems": 0, "mismatches": 0, "important": 0, "seconds": 0.0, "failed": []}
+    quiet = {} if progress else {"disable": True}  # when shown, TQDM_DISABLE can still turn it off
+    bar = tqdm(total=len(mine), desc=f"mine {header.get('task', '')}", unit="problem", **quiet)
+    for problem in mine:
+        try:
+            result = miner.mine(problem)
+        except AutojudgeError as exc:
+            log.warning("problem %s skipped (will be retried on resume): %s", problem.id, exc)
+            totals["failed"].append(problem.id)
+            bar.update()
+            continue
+        writer.add(result.record, result.labels, result.draft_hidden, result.target_hidden)
+        if writer.pending >= checkpoint_every:
+            writer.checkpoint()
+        _count(totals, result.record)
+        bar.update()
+        bar.set_postfix(
+            labels=totals["mismatches"],
+            important=f"{totals['important'] / max(totals['mismatches'], 1):.0%}",
+            per_min=f"{60 * totals['mismatches'] / max(totals['seconds'], 1e-9):.0f}",
+        )
+    writer.checkpoint()
+    bar.close()
+    return summarize(totals, writer.manifest, folder, skipped=len(done))
+
+
+def _count(totals: dict, record: ProblemRecord) -> None:
+    totals["problems"] += 1
+    totals["mismatches"] += record.mismatches
+    totals["important"] += record.important
+    totals["seconds"] += record.seconds
+
+
+def summarize(totals: dict, manifest: dict, folder: Path, *, skipped: int = 0) -> dict:
+    """This run's figures plus the part's committed totals."""
+    seconds, labels = totals["seconds"], totals["mismatches"]
+    return {
+        "folder": str(folder),
+        "problems": totals["problems"],
+        "skipped_done": skipped,
+        "failed": totals["failed"],
+        "mismatches": labels,
+        "important": totals["important"],
+        "important_share": totals["important"] / labels if labels else 0.0,
+        "seconds": round(seconds, 2),
+        "seconds_per_problem": seconds / totals["problems"] if totals["problems"] else 0.0,
+        "labels_per_minute": 60 * labels / seconds if seconds else 0.0,
+        "part_totals": manifest["counts"],
+    }
+
+
+def compare_no_cache(
+    stack: LayerStack, drafter, eos_ids, problems: Sequence[Problem], settings: MineSettings, piece=None
+) -> dict:
+    """Mine ``problems`` three ways in this process (nothing is written): ours, ours without lookahead, and
+    the no-cache baseline that recomputes every alternative's prefix; rates, speedups and label agreement."""
+    modes = {
+        "cached": settings,
+        "cached_no_lookahead": replace(settings, lookahead=0),
+        "no_cache": replace(settings, reuse_cache=False, lookahead=0),
+    }
+    report, labels = {}, {}
+    for name, mode in modes.items():
+        miner = Miner(stack, drafter, eos_ids, mode, piece)
+        begin, results = time.perf_counter(), [miner.mine(p) for p in problems]
+        seconds = time.perf_counter() - begin
+        count = sum(r.record.mismatches for r in results)
+        labels[name] = [
+            (x.problem_id, x.position, x.draft_token, x.important) for r in results for x in r.labels
+        ]
+        report[name] = {
+            "seconds": round(seconds, 2),
+            "mismatches": count,
+            "labels_per_minute": 60 * count / seconds if seconds else 0.0,
+            "target_forwards": sum(r.record.target_forwards for r in results),
+        }
+    base = report["no_cache"]["seconds"]
+    for name, entry in report.items():
+        entry["speedup_vs_no_cache"] = base / entry["seconds"] if entry["seconds"] else 0.0
+        entry["same_labels_as_no_cache"] = labels[name] == labels["no_cache"]
+    return {"problems": [p.id for p in problems], "modes": report}
