@@ -15,7 +15,6 @@ moment resumes exactly after its last checkpoint. Label ``row`` indexes the rows
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -31,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, DataError
+from .models import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -298,14 +298,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -38,6 +38,15 @@ def tiny_llama(seed: int = 0, *, layers: int = 4, hidden: int = 64, vocab: int =
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a shared, busy machine (tests are not timed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "gsm8k" / "test.jsonl").is_file():

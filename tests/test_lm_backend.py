@@ -38,14 +38,6 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, **quiet, "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lm_eval_cmd(tmp_path_factory) -> list[str]:
     """The ``lm_eval`` command when our .pth is installed; else Python processing the same .pth, then lm_eval."""

@@ -25,15 +25,6 @@ VOCAB, EOS, MAX_NEW = 96, 5, 20
 MOD3 = CallableOutcome(lambda t: t[-1] % 3 if t else -1, name="mod3")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def target_model():
     return tiny_llama(0)
