@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .acceptance import AcceptRule, ExactMatch, JudgeAccept, constant_judge
 from .config import DecodeConfig
-from .decoding import DecodeStats
+from .decoding import DecodeStats, sync_device
 from .metrics import answers_match, extract_final_number
 from .pair import Pair
 
@@ -57,7 +57,7 @@ class MethodTotals:
 def hf_generate(pair: Pair, prompt: list[int], max_new_tokens: int) -> tuple[list[int], DecodeStats]:
     """transformers' own greedy ``generate`` (dynamic KV cache), timed like our loop."""
     ids = torch.tensor([prompt], device=pair.stack.device)
-    _sync(pair.stack.device)
+    sync_device(pair.stack.device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = pair.target.model.generate(
@@ -68,7 +68,7 @@ def hf_generate(pair: Pair, prompt: list[int], max_new_tokens: int) -> tuple[lis
             eos_token_id=list(pair.eos_ids),
             pad_token_id=pair.eos_ids[0],
         )
-    _sync(pair.stack.device)
+    sync_device(pair.stack.device)
     tokens = out[0, len(prompt) :].tolist()
     while tokens and tokens[-1] in pair.eos_ids:
         tokens.pop()
@@ -142,8 +142,3 @@ def _report(
             "torch": torch.__version__,
         },
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -120,7 +120,7 @@ def speculative_generate(
         raise ConfigError(f"window (draft tokens per cycle, K) must be >= 1, got {window}")
     rule = rule or ExactMatch()
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
-    _sync(target.device)
+    sync_device(target.device)
     start = time.perf_counter()
     seq = torch.tensor(list(prompt_ids), dtype=torch.long, device=target.device)
     cache = cache or target.new_cache(len(prompt_ids) + stop.max_new_tokens + window + 2)
@@ -151,7 +151,7 @@ def speculative_generate(
             keep, stats.stop_reason = done
             generated = generated[:keep]
             break
-    _sync(target.device)
+    sync_device(target.device)
     stats.wall_time_s = time.perf_counter() - start
     stats.new_tokens = len(generated)
     stats.draft_calls = drafter.calls if drafter is not None else 0
@@ -193,6 +193,7 @@ def _speculate(target, drafter, seq, cache, rule, k) -> tuple[list[int], int, in
     return new, len(drafts), taken
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for queued device work, so a clock read after it measures the work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

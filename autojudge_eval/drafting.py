@@ -122,11 +122,9 @@ class EarlyExit:
             self.head_weight = stack.lm_head.weight[self.rows].contiguous()
 
     def new_cache(self, max_len: int) -> KVCache:
-        cfg = self.stack.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        return KVCache(
-            self.exit_layer, kv_heads, head_dim, max_len, dtype=self.stack.dtype, device=self.stack.device
+        stack = self.stack
+        return KVCache.for_model(
+            stack.config, max_len, layers=self.exit_layer, dtype=stack.dtype, device=stack.device
         )
 
     def lower(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -33,12 +33,14 @@ class KVCache:
         self.max_len = max_len
 
     @classmethod
-    def for_model(cls, config, max_len: int, *, batch: int = 1, dtype=None, device="cpu") -> KVCache:
+    def for_model(
+        cls, config, max_len: int, *, layers: int | None = None, batch: int = 1, dtype=None, device="cpu"
+    ) -> KVCache:
+        """A cache shaped for a transformers ``config``; ``layers`` keeps only the first N layers."""
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        return cls(
-            config.num_hidden_layers, kv_heads, head_dim, max_len, batch=batch, dtype=dtype, device=device
-        )
+        num_layers = config.num_hidden_layers if layers is None else layers
+        return cls(num_layers, kv_heads, head_dim, max_len, batch=batch, dtype=dtype, device=device)
 
     @property
     def num_layers(self) -> int:
