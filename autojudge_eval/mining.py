@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import OutcomeTask
-from .errors import AutojudgeError
+from .errors import AutojudgeError, ConfigError
 from .kv_cache import KVCache
 from .mining_cli import add_mine_arguments, mine_main  # noqa: F401  the CLI entry points
 from .records import MismatchLabel, PartWriter, ProblemRecord, done_problem_ids, part_name
@@ -38,6 +38,7 @@ class MineSettings:
     max_new_tokens: int = 400  # answer budget of the reference and of every continuation
     reuse_cache: bool = True  # False: recompute the prefix for every alternative (the paper's baseline)
     lookahead: int = 8  # old-text tokens the target verifies per forward in a continuation (0: off)
+    rows: int = 1  # >1: that many problems in flight, their continuations batched (mining_batch.py)
 
     def runner_lookahead(self) -> int:
         return self.lookahead if self.reuse_cache else 0
@@ -75,11 +76,6 @@ class Miner:
         self._caches: tuple[KVCache, KVCache] | None = None
         self._cur = self._scratch = None  # the current text's cache, and the one alternatives are built in
 
-    @classmethod
-    def from_pair(cls, pair, settings: MineSettings) -> Miner:
-        tok = pair.tokenizer
-        return cls(pair.stack, pair.drafter, pair.eos_ids, settings, lambda t: tok.decode([t]))
-
     def _alloc(self, max_len: int) -> tuple[KVCache, KVCache]:
         if self._caches is None or self._caches[0].max_len < max_len:
             self._caches = (self.stack.new_cache(max_len), self.stack.new_cache(max_len))
@@ -87,17 +83,6 @@ class Miner:
             cache.crop(0)
         self.view.reset(max_len)
         return self._caches
-
-    def _stopper(self, prompt_len: int, task: OutcomeTask):
-        budget, eos = self.settings.max_new_tokens, self.eos
-
-        def stop(seq: list[int]) -> bool:
-            n = len(seq) - prompt_len
-            if n <= 0:
-                return False
-            return seq[-1] in eos or n >= budget or task.decided(seq[prompt_len:])
-
-        return stop
 
     def mine(self, problem: Problem) -> MinedProblem:
         """Run the semi-greedy search on one problem; labels and features in mismatch order."""
@@ -107,84 +92,131 @@ class Miner:
         self._cur, self._scratch = self._alloc(
             n_prompt + self.settings.max_new_tokens + self.settings.lookahead + 2
         )
-        stop = self._stopper(n_prompt, task)
+        stop = stopper(n_prompt, task, self.settings.max_new_tokens, self.eos)
         ref = self.runner.rollout(prompt, self._cur, stop)
-        reference = task.outcome(ref.tokens[n_prompt:])
-        walk = _Walk(prompt, ref.tokens[n_prompt:], self.view.start(ref, n_prompt))
+        walk = _Walk(problem, prompt, ref.tokens[n_prompt:], self.view.start(ref, n_prompt))
+        walk.reference = task.outcome(walk.text)
         while (j := walk.next_mismatch()) is not None:
-            self._try(problem, walk, j, reference, stop)
-        labels = walk.labels
-        record = ProblemRecord(
-            problem_id=problem.id,
-            prompt_tokens=n_prompt,
-            reference_tokens=len(ref.tokens) - n_prompt,
-            final_tokens=len(walk.text),
-            reference_outcome=reference,
-            mismatches=len(labels),
-            important=sum(label.important for label in labels),
-            continuation_tokens=sum(label.continuation_tokens for label in labels),
-            target_forwards=self.runner.forwards - forwards,
-            seconds=round(time.perf_counter() - start, 3),
+            self._try(walk, j, stop)
+        return walk.result(
+            self.view, self.stack, self.runner.forwards - forwards, time.perf_counter() - start
         )
-        draft = _stack(walk.draft_rows, self.view.hidden_size)
-        target = _stack(walk.target_rows, self.stack.hidden_size)
-        return MinedProblem(record, labels, draft, target, walk.text, ref.tokens[n_prompt:])
 
-    def _try(self, problem: Problem, walk: _Walk, j: int, reference: str, stop) -> None:
+    def mine_many(self, problems: Sequence[Problem]):
+        """Yield (problem, MinedProblem or the AutojudgeError that stopped it), one problem at a time."""
+        for problem in problems:
+            try:
+                yield problem, self.mine(problem)
+            except AutojudgeError as exc:
+                yield problem, exc
+
+    def _try(self, walk: _Walk, j: int, stop) -> None:
         """Label the mismatch at answer position ``j`` and keep the text its outcome calls for."""
-        tick, at, task = time.perf_counter(), len(walk.prompt) + j, problem.task
+        tick, at = time.perf_counter(), len(walk.prompt) + j
         if self.settings.reuse_cache:
             sync_prefix(self._cur, self._scratch, walk.valid, at)
         else:
             self._scratch.crop(0)
-        draft_token, old = walk.preds[j], walk.text[j]
         roll = self.runner.rollout(
-            walk.prompt + walk.text[:j] + [draft_token], self._scratch, stop, walk.text[j + 1 :]
+            walk.prompt + walk.text[:j] + [walk.preds[j]], self._scratch, stop, walk.text[j + 1 :]
         )
-        outcome = task.outcome(roll.tokens[len(walk.prompt) :])
-        important = not task.same(reference, outcome)
-        walk.draft_rows.append(self.view.mismatch(roll, at).float().cpu())
-        walk.target_rows.append(roll.target_hidden(at).float().cpu())
-        if important:
-            self.view.reject(at)
-        else:
-            walk.preds = walk.preds[: j + 1] + self.view.accept(roll, at)
-            walk.text = roll.tokens[len(walk.prompt) :]
+        if not walk.decide(j, roll, self.view, self.piece, tick):
             self._cur, self._scratch = self._scratch, self._cur
-        walk.valid, walk.decided = at, j + 1
-        walk.labels.append(
-            MismatchLabel(
-                problem_id=problem.id,
-                index=len(walk.labels),
-                position=j,
-                draft_token=int(draft_token),
-                target_token=int(old),
-                important=important,
-                reference_outcome=reference,
-                outcome=outcome,
-                continuation_tokens=len(roll.tokens) - at - 1,
-                seconds=round(time.perf_counter() - tick, 4),
-                draft_piece=self.piece(int(draft_token)),
-                target_piece=self.piece(int(old)),
-            )
-        )
 
 
 @dataclass
 class _Walk:
     """The state of one problem's search: the current text, the draft's predictions for it, the results."""
 
+    problem: Problem
     prompt: list[int]
     text: list[int]  # the current answer
     preds: list[int]  # the draft's greedy token at every answer position, given the current text before it
+    reference: str = ""  # the outcome of the target's own answer
     decided: int = 0  # positions before this one are decided
     valid: int = 0  # the scratch cache agrees with the current text on this many positions
     labels: list[MismatchLabel] = field(default_factory=list)
     draft_rows: list[torch.Tensor] = field(default_factory=list)
     target_rows: list[torch.Tensor] = field(default_factory=list)
+    reference_text: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reference_text = list(self.text)
 
     def next_mismatch(self) -> int | None:
         return next((i for i in range(self.decided, len(self.text)) if self.preds[i] != self.text[i]), None)
+
+    def decide(self, j: int, roll, view, piece, tick: float) -> bool:
+        """Label the mismatch at answer position ``j`` from its continuation ``roll``; keep the new text if
+        the outcome is unchanged. Returns whether the mismatch is important."""
+        at, task, n_prompt = len(self.prompt) + j, self.problem.task, len(self.prompt)
+        outcome = task.outcome(roll.tokens[n_prompt:])
+        important = not task.same(self.reference, outcome)
+        draft_token, old = self.preds[j], self.text[j]
+        self.draft_rows.append(view.mismatch(roll, at).float().cpu())
+        self.target_rows.append(roll.target_hidden(at).float().cpu())
+        if important:
+            view.reject(at)
+        else:
+            self.preds = self.preds[: j + 1] + view.accept(roll, at)
+            self.text = roll.tokens[n_prompt:]
+        self.valid, self.decided = at, j + 1
+        self.labels.append(
+            MismatchLabel(
+                problem_id=self.problem.id,
+                index=len(self.labels),
+                position=j,
+                draft_token=int(draft_token),
+                target_token=int(old),
+                important=important,
+                reference_outcome=self.reference,
+                outcome=outcome,
+                continuation_tokens=len(roll.tokens) - at - 1,
+                seconds=round(time.perf_counter() - tick, 4),
+                draft_piece=piece(int(draft_token)),
+                target_piece=piece(int(old)),
+            )
+        )
+        return important
+
+    def result(self, view, stack, forwards: int, seconds: float) -> MinedProblem:
+        labels = self.labels
+        record = ProblemRecord(
+            problem_id=self.problem.id,
+            prompt_tokens=len(self.prompt),
+            reference_tokens=len(self.reference_text),
+            final_tokens=len(self.text),
+            reference_outcome=self.reference,
+            mismatches=len(labels),
+            important=sum(label.important for label in labels),
+            continuation_tokens=sum(label.continuation_tokens for label in labels),
+            target_forwards=forwards,
+            seconds=round(seconds, 3),
+        )
+        draft = _stack(self.draft_rows, view.hidden_size)
+        target = _stack(self.target_rows, stack.hidden_size)
+        return MinedProblem(record, labels, draft, target, self.text, self.reference_text)
+
+
+def make_miner(stack: LayerStack, drafter, eos_ids, settings: MineSettings, piece=None):
+    """A :class:`Miner`, or with ``settings.rows > 1`` a batched one (self-drafts only)."""
+    if settings.rows > 1:
+        from .mining_batch import BatchMiner
+
+        return BatchMiner(stack, drafter, eos_ids, settings, piece)
+    return Miner(stack, drafter, eos_ids, settings, piece)
+
+
+def stopper(prompt_len: int, task: OutcomeTask, budget: int, eos: frozenset[int]):
+    """``stop(seq)``: the answer in ``seq`` (after the prompt) ended, hit the budget or decided its outcome."""
+
+    def stop(seq: list[int]) -> bool:
+        n = len(seq) - prompt_len
+        if n <= 0:
+            return False
+        return seq[-1] in eos or n >= budget or task.decided(seq[prompt_len:])
+
+    return stop
 
 
 def _stack(rows: list[torch.Tensor], size: int) -> torch.Tensor:
@@ -214,24 +246,24 @@ def run_mining(
     totals = {"problems": 0, "mismatches": 0, "important": 0, "seconds": 0.0, "failed": []}
     quiet = {} if progress else {"disable": True}  # when shown, TQDM_DISABLE can still turn it off
     bar = tqdm(total=len(mine), desc=f"mine {header.get('task', '')}", unit="problem", **quiet)
-    for problem in mine:
-        try:
-            result = miner.mine(problem)
-        except AutojudgeError as exc:
-            log.warning("problem %s skipped (will be retried on resume): %s", problem.id, exc)
+    begin = time.perf_counter()
+    for problem, result in miner.mine_many(mine):
+        bar.update()
+        if isinstance(result, Exception):
+            log.warning("problem %s skipped (will be retried on resume): %s", problem.id, result)
             totals["failed"].append(problem.id)
-            bar.update()
             continue
         writer.add(result.record, result.labels, result.draft_hidden, result.target_hidden)
         if writer.pending >= checkpoint_every:
             writer.checkpoint()
         _count(totals, result.record)
-        bar.update()
+        totals["seconds"] = time.perf_counter() - begin
         bar.set_postfix(
             labels=totals["mismatches"],
             important=f"{totals['important'] / max(totals['mismatches'], 1):.0%}",
             per_min=f"{60 * totals['mismatches'] / max(totals['seconds'], 1e-9):.0f}",
         )
+    totals["seconds"] = time.perf_counter() - begin
     writer.checkpoint()
     bar.close()
     return summarize(totals, writer.manifest, folder, skipped=len(done))
@@ -241,7 +273,6 @@ def _count(totals: dict, record: ProblemRecord) -> None:
     totals["problems"] += 1
     totals["mismatches"] += record.mismatches
     totals["important"] += record.important
-    totals["seconds"] += record.seconds
 
 
 def summarize(totals: dict, manifest: dict, folder: Path, *, skipped: int = 0) -> dict:
@@ -262,25 +293,52 @@ def summarize(totals: dict, manifest: dict, folder: Path, *, skipped: int = 0) -
     }
 
 
+COMPARE_MODES = ("batched", "cached", "cached_no_lookahead", "no_cache")
+
+
 def compare_no_cache(
-    stack: LayerStack, drafter, eos_ids, problems: Sequence[Problem], settings: MineSettings, piece=None
+    stack: LayerStack,
+    drafter,
+    eos_ids,
+    problems: Sequence[Problem],
+    settings: MineSettings,
+    piece=None,
+    modes: Sequence[str] = COMPARE_MODES,
 ) -> dict:
-    """Mine ``problems`` three ways in this process (nothing is written): ours, ours without lookahead, and
-    the no-cache baseline that recomputes every alternative's prefix; rates, speedups and label agreement."""
-    modes = {
-        "cached": settings,
-        "cached_no_lookahead": replace(settings, lookahead=0),
-        "no_cache": replace(settings, reuse_cache=False, lookahead=0),
+    """Mine ``problems`` several ways in this process (nothing is written) and compare with the no-cache
+    baseline that recomputes every alternative's prefix (always run): rates, speedups and label agreement.
+
+    Modes: ``batched`` (``settings.rows`` problems in flight; skipped when rows is 1), ``cached`` (batch 1,
+    cache reuse + lookahead), ``cached_no_lookahead``, ``no_cache``.
+    """
+    unknown = sorted(set(modes) - set(COMPARE_MODES))
+    if unknown:
+        raise ConfigError(f"unknown comparison modes {unknown}; choose from {', '.join(COMPARE_MODES)}")
+    every = {
+        "batched": settings,
+        "cached": replace(settings, rows=1),
+        "cached_no_lookahead": replace(settings, lookahead=0, rows=1),
+        "no_cache": replace(settings, reuse_cache=False, lookahead=0, rows=1),
     }
+    chosen = [
+        m for m in COMPARE_MODES if (m in modes or m == "no_cache") and (m != "batched" or settings.rows > 1)
+    ]
+    modes = {m if m != "batched" else f"batched_{settings.rows}_rows": every[m] for m in chosen}
     report, labels = {}, {}
     for name, mode in modes.items():
-        miner = Miner(stack, drafter, eos_ids, mode, piece)
-        begin, results = time.perf_counter(), [miner.mine(p) for p in problems]
+        miner = make_miner(stack, drafter, eos_ids, mode, piece)
+        begin, results = time.perf_counter(), []
+        for _, result in miner.mine_many(problems):
+            if isinstance(result, Exception):
+                raise result
+            results.append(result)
         seconds = time.perf_counter() - begin
+        results.sort(key=lambda r: [p.id for p in problems].index(r.record.problem_id))
         count = sum(r.record.mismatches for r in results)
         labels[name] = [
             (x.problem_id, x.position, x.draft_token, x.important) for r in results for x in r.labels
         ]
+        log.info("compare: %s took %.1f s for %d labels", name, seconds, count)
         report[name] = {
             "seconds": round(seconds, 2),
             "mismatches": count,

@@ -52,6 +52,12 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
         "--lookahead", type=int, default=8, help="old-text tokens verified per target call (0: off)"
     )
     p.add_argument("--no-cache", action="store_true", help="baseline: recompute every alternative's prefix")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="problems in flight, their continuations batched (default: 8 for a self-draft, else 1)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: mined/<task>/<pair>)")
     p.add_argument(
         "--shard", default=None, help="i/n: mine problems k with k %% n == i (combines with ranks)"
@@ -62,13 +68,19 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="first time N problems with cache+lookahead, cache only and no cache (nothing written)",
+        help="first time N problems in the --compare-modes and without cache reuse (nothing written)",
+    )
+    p.add_argument(
+        "--compare-modes",
+        default="batched,cached,cached_no_lookahead",
+        help="comma-separated: batched, cached, cached_no_lookahead (no_cache always runs)",
     )
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
 
 
 def mine_main(args) -> int:
-    from .mining import Miner, MineSettings, compare_no_cache, run_mining
+    from .drafting import SelfDrafter
+    from .mining import MineSettings, compare_no_cache, make_miner, run_mining
     from .pair import load_pair
     from .records import distributed_rank, parse_shard, provenance
 
@@ -77,16 +89,21 @@ def mine_main(args) -> int:
         max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW[args.task],
         reuse_cache=not args.no_cache,
         lookahead=0 if args.no_cache else args.lookahead,
+        rows=1 if args.no_cache else args.rows or (8 if isinstance(pair.drafter, SelfDrafter) else 1),
     )
+    if settings.rows < 1:
+        raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
     out = Path(args.out) if args.out else Path("mined") / args.task / slug(pair.name)
     problems, data, criterion = _problems(args, pair.tokenizer, out)
     index, count = parse_shard(args.shard)
     rank, world = distributed_rank()
     shard = (index * world + rank, count * world)
-    miner = Miner.from_pair(pair, settings)
+    tok = pair.tokenizer
+    miner = make_miner(pair.stack, pair.drafter, pair.eos_ids, settings, lambda t: tok.decode([t]))
     if args.compare_no_cache:
         mine = [p for k, p in enumerate(problems) if k % shard[1] == shard[0]][: args.compare_no_cache]
-        speed = compare_no_cache(pair.stack, pair.drafter, pair.eos_ids, mine, settings, miner.piece)
+        modes = [m.strip() for m in args.compare_modes.split(",") if m.strip()]
+        speed = compare_no_cache(pair.stack, pair.drafter, pair.eos_ids, mine, settings, miner.piece, modes)
         print(format_speed(speed))
         if args.json:
             print(json.dumps({"speed": speed}))
@@ -101,7 +118,11 @@ def mine_main(args) -> int:
             "dtype": str(pair.target.dtype).replace("torch.", ""),
         },
         "data": data,
-        "settings": {"lookahead": settings.lookahead, "reuse_cache": settings.reuse_cache},
+        "settings": {
+            "lookahead": settings.lookahead,
+            "reuse_cache": settings.reuse_cache,
+            "rows": settings.rows,
+        },
         "command": _command(),
         "provenance": provenance(),
     }

@@ -7,10 +7,12 @@ self-draft run the target's first layers and the verifier run only the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .errors import ModelLoadError
-from .kv_cache import KVCache
+from .kv_cache import KVCache, RowCache
 
 # Families whose decoder forward is exactly: embed -> layers(mask, rope) -> norm -> lm_head.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -84,6 +86,37 @@ class LayerStack:
         if weight is None:
             return normed, self.lm_head(normed)
         return normed, normed @ weight.T
+
+    @torch.inference_mode()
+    def step_rows(
+        self, ids: Sequence[int], cache: RowCache, capture: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One token per row, each at its row's own position in ``cache`` (rows ``[0, len(ids))``).
+
+        Returns ((B, H) normed hidden, (B, V) logits, (B, H) residual entering layer ``capture`` or None).
+        """
+        rows = len(ids)
+        hidden = self.embed_tokens(
+            torch.tensor(list(ids), dtype=torch.long, device=self.device).view(rows, 1)
+        )
+        positions, mask = cache.begin_step(rows)
+        rope = self.rotary_emb(hidden, position_ids=positions)
+        low = None
+        for index, layer in enumerate(self.layers):
+            if index == capture:
+                low = hidden[:, 0]
+            out = layer(
+                hidden,
+                attention_mask=mask,
+                position_embeddings=rope,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+            hidden = out[0] if isinstance(out, tuple) else out
+        cache.end_step(rows)
+        normed = self.norm(hidden)[:, 0]
+        return normed, self.lm_head(normed), low
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from autojudge_eval.decoding import StopCriteria, speculative_generate
 from autojudge_eval.drafting import Adapter, EarlyExit, FullModel, ModelDrafter, SelfDrafter
 from autojudge_eval.errors import ConfigError, SandboxError
 from autojudge_eval.mining import Miner, MineSettings, Problem, compare_no_cache, run_mining
+from autojudge_eval.mining_batch import BatchMiner
 from autojudge_eval.records import LABELS, distributed_rank, done_problem_ids, read_mined
 from autojudge_eval.rollout import TargetRunner, lookup
 from autojudge_eval.sandbox import ExecResult, TestOutcome, Verdict
@@ -129,6 +130,35 @@ def test_search_matches_naive_search(kind, target, target_model, draft_model, dr
             )
         seen += sum(x.important for x in got.labels) * 100 + sum(not x.important for x in got.labels)
     assert seen % 100 and seen >= 100, "the case should hold important and unimportant mismatches"
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_batched_mining_equals_the_sequential_search(rows, target, drafters):
+    """Problems in flight share one batch (more problems than rows, fewer, and one): same labels, texts and
+    features as the batch-1 miner, whatever order problems finish in."""
+    stops_on_7 = CallableOutcome(MOD3.fn, decided_fn=lambda gen: 7 in gen)
+    problems = [Problem(f"p{i}", p, (MOD3, stops_on_7)[i % 2]) for i, p in enumerate(prompts(5))]
+    sequential = {
+        p.id: Miner(target, drafters["self"], [EOS], MineSettings(MAX_NEW)).mine(p) for p in problems
+    }
+    batched = BatchMiner(target, drafters["self"], [EOS], MineSettings(MAX_NEW, rows=rows))
+    got = dict((problem.id, result) for problem, result in batched.mine_many(problems))
+    assert sorted(got) == sorted(sequential)
+    labels = 0
+    for pid, want in sequential.items():
+        assert got[pid].answer == want.answer and got[pid].reference == want.reference
+        assert [
+            (x.position, x.draft_token, x.target_token, x.important, x.outcome) for x in got[pid].labels
+        ] == [(x.position, x.draft_token, x.target_token, x.important, x.outcome) for x in want.labels]
+        torch.testing.assert_close(got[pid].draft_hidden, want.draft_hidden, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[pid].target_hidden, want.target_hidden, atol=1e-4, rtol=1e-4)
+        labels += len(want.labels)
+    assert labels > 5 and any(not x.important for r in got.values() for x in r.labels)
+
+
+def test_batched_mining_needs_a_self_draft(target, drafters):
+    with pytest.raises(ConfigError, match="self-draft"):
+        BatchMiner(target, drafters["model"], [EOS], MineSettings(MAX_NEW, rows=4))
 
 
 def test_constant_outcome_ends_at_the_drafts_own_text(target, target_model, draft_model, drafters):
