@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_draft(sub)
     _add_mine(sub)
     _add_train(sub)
+    _add_sweep(sub)
+    _add_report(sub)
+    _add_regress(sub)
+    _add_cache_data(sub)
     return parser
 
 
@@ -57,6 +61,50 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fit a judge (scaler + logistic regression) on mined labels")
     add_train_arguments(p)
     p.set_defaults(func=train_main)
+
+
+def _add_sweep(sub) -> None:
+    from .results_cli import add_sweep_arguments, sweep_main
+
+    p = sub.add_parser("sweep", help="run one lm-eval task over methods and thresholds: results/<run-id>/")
+    add_sweep_arguments(p)
+    p.set_defaults(func=sweep_main)
+
+
+def _add_report(sub) -> None:
+    from .results_cli import add_report_arguments, report_main
+
+    p = sub.add_parser("report", help="leaderboard Markdown/HTML/CSV with plots from sweep folders")
+    add_report_arguments(p)
+    p.set_defaults(func=report_main)
+
+
+def _add_regress(sub) -> None:
+    from .results_cli import add_regress_arguments, regress_main
+
+    p = sub.add_parser("regress", help="run a small fixed slice and compare it with results/baseline/")
+    add_regress_arguments(p)
+    p.set_defaults(func=regress_main)
+
+
+def _add_cache_data(sub) -> None:
+    p = sub.add_parser(
+        "cache-data",
+        help="put a local GSM8K copy into the datasets cache as openai/gsm8k, so lm-eval's stock gsm8k "
+        "tasks run offline (with HF_HUB_OFFLINE=1)",
+    )
+    p.add_argument("data", help="a folder holding gsm8k/{train,test}.jsonl (e.g. ../shared/data)")
+    p.add_argument("--cache-dir", default=None, help="datasets cache (default: $HF_DATASETS_CACHE)")
+    p.set_defaults(func=_cache_data)
+
+
+def _cache_data(args) -> int:
+    from .datasets import cache_gsm8k_for_hub_id
+
+    folder = cache_gsm8k_for_hub_id(args.data, args.cache_dir)
+    print(f"cached {args.data} as openai/gsm8k (main) in {folder}")
+    print("now: HF_HUB_OFFLINE=1 lm_eval --model autojudge --tasks gsm8k ...")
+    return 0
 
 
 def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 CONSTANT_JUDGES = {"accept-all": 0.0, "reject-all": 1.0}  # stand-ins: P(important) fixed at 0 or 1
-KNOWN_ARGS = "target draft judge threshold window mode topk dtype draft_dtype device max_length max_gen_toks"
+KNOWN_ARGS = "target pretrained draft judge threshold window mode topk dtype draft_dtype device max_length max_gen_toks"
 GREEDY_HELP = "until, max_gen_toks, do_sample=False, temperature=0, num_beams=1 (top_p/top_k have no effect)"
 GREEDY_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "num_beams", "top_p", "top_k"}
 IGNORED_ARGS = ("trust_remote_code",)  # lm-eval's, meaningless here: nothing runs code from the hub
@@ -56,9 +56,11 @@ class AutojudgeLM(TemplateLM):
         max_gen_toks: int = 256,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
+        pretrained: str | None = None,
         **others,
     ) -> None:
         super().__init__()
+        target = _target(target, pretrained)
         from . import lm_cli  # not at the top: `python -m autojudge_eval.lm_cli` must not find it loaded
 
         if lm_cli.under_lm_eval_cli():
@@ -328,6 +330,16 @@ def _decoding(settings, mode: str | None, judge: str | None, threshold_given: bo
         settings = dataclasses.replace(settings, threshold=own_threshold)
     decode = dataclasses.replace(settings, mode=mode)
     return decode, JudgeAccept(fn, decode.threshold, features)
+
+
+def _target(target: str, pretrained: str | None) -> str:
+    """``pretrained=`` (the name lm-eval's hf backend uses, and the one it names sample folders after) is an
+    alias of ``target=``."""
+    if pretrained is None:
+        return target
+    if target not in ("default", pretrained):
+        raise ConfigError(f"pretrained={pretrained} and target={target} disagree; pass one of the two")
+    return str(pretrained)
 
 
 def _check_args(judge, mode: str | None, others: dict) -> str | None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import datasets
 import pytest
 
+from autojudge_eval import cli, metrics
 from autojudge_eval import datasets as gsm8k_data
-from autojudge_eval import metrics
 from autojudge_eval.errors import ConfigError, DataError
 
 TRAIN = [{"question": f"train question {i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(3)]
@@ -136,7 +136,7 @@ def test_task_hook_reads_the_env_folder(local_root: Path, monkeypatch: pytest.Mo
 
 
 def test_cache_serves_the_hub_id_offline(
-    local_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    local_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
 ) -> None:
     hf_home = tmp_path / "hf_home"
     with caplog.at_level(logging.WARNING, logger="autojudge_eval.datasets"):
@@ -144,6 +144,9 @@ def test_cache_serves_the_hub_id_offline(
     assert "test split has 2 of the hub's 1319 problems" in caplog.text
     assert target.is_relative_to(hf_home / "datasets" / "openai___gsm8k" / "main")
     assert gsm8k_data.cache_gsm8k_for_hub_id(local_root / "gsm8k", cache_dir=hf_home / "datasets") == target
+    # the command line does the same: `autojudge-eval cache-data DIR`
+    assert cli.main(["cache-data", str(local_root), "--cache-dir", str(hf_home / "datasets")]) == 0
+    assert str(target) in capsys.readouterr().out
 
     script = (
         "import datasets, json; d = datasets.load_dataset('openai/gsm8k', 'main'); "

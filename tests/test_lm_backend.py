@@ -333,6 +333,7 @@ def test_lossless_keeps_max_gen_toks_when_a_stop_string_follows(tiny_pair_dirs, 
         ({"window": 0}, "window"),
         ({"draft": "none", "mode": "lossless"}, "mode=lossless needs a draft model"),
         ({"batch_size": "many"}, "batch_size"),
+        ({"pretrained": "another-model"}, "pretrained=another-model and target=.* disagree"),
     ],
 )
 def test_bad_model_args_are_one_line_config_errors(tiny_pair_dirs, args, message):
@@ -380,3 +381,10 @@ def test_judge_folder_for_this_pair_and_for_another(tiny_pair_dirs, tmp_path):
     with pytest.raises(JudgeArtifactError, match="trained for pair") as caught:
         AutojudgeLM(target=str(target), draft=str(draft), judge=other)
     assert "\n" not in str(caught.value)
+
+
+def test_pretrained_is_an_alias_of_target(tiny_pair_dirs, target_lm):
+    """lm-eval names sample folders after ``pretrained=``; it selects the same target as ``target=``."""
+    lm = AutojudgeLM(pretrained=str(tiny_pair_dirs[0]), mode="target")
+    assert lm.pair.name == target_lm.pair.name
+    assert lm.describe()["pair"] == target_lm.describe()["pair"]
