@@ -1,0 +1,306 @@
+"""``autojudge-eval sweep``: one task over decoding methods, one lm-eval run per method point, resumable.
+
+A run folder (``results/<run-id>/``) holds::
+
+    sweep.json              schema, the fixed settings (task, pair, window, limit, ...), the points asked for
+    env.json                one entry per session: versions, CPU, threads, git commit, command, date
+    <point>/point.json      the finished marker: the point, its exact ``lm_eval`` command, lm-eval's files
+    <point>/<model folder>/ lm-eval's own outputs: results_<date>.json, samples_<task>_<date>.jsonl
+
+Each point runs lm-eval in this process the way ``lm_eval`` runs it (``simple_evaluate``, then its
+``EvaluationTracker`` writes the files), from an :class:`LmEvalCall` that also renders the equivalent shell
+command. A point whose ``point.json`` exists is skipped, so a killed sweep continues where it stopped; a
+point folder without one is a run that was cut off, and is redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import ConfigError
+from .lm_eval_call import LmEvalCall
+
+log = logging.getLogger(__name__)
+
+SCHEMA_SWEEP = "autojudge-sweep/1"
+SCHEMA_POINT = "autojudge-sweep-point/1"
+SCHEMA_ENV = "autojudge-sweep-env/1"
+METHODS = ("target", "lossless", "topk", "autojudge")
+# environment that changes what a run does; copied into each point's command when set
+ENV_KEYS = ("AUTOJUDGE_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+POINT_FILE = "point.json"
+
+
+@dataclass(frozen=True)
+class MethodPoint:
+    """One decoding setting of a sweep: a mode plus its k (topk) or threshold (autojudge)."""
+
+    mode: str
+    topk: int | None = None
+    threshold: float | None = None  # autojudge: None = the judge card's own threshold
+
+    @property
+    def name(self) -> str:
+        if self.mode == "topk":
+            return f"topk-{self.topk}"
+        if self.mode == "autojudge" and self.threshold is not None:
+            return f"autojudge-t{self.threshold:g}"
+        return self.mode
+
+
+def method_points(
+    methods: list[str], *, topks: list[int], thresholds: list[float | None]
+) -> list[MethodPoint]:
+    """The points of ``methods`` in order: topk once per k, autojudge once per threshold."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    points: list[MethodPoint] = []
+    for method in dict.fromkeys(methods):
+        if method == "topk":
+            points += [MethodPoint("topk", topk=k) for k in topks or [4]]
+        elif method == "autojudge":
+            points += [MethodPoint("autojudge", threshold=t) for t in thresholds or [None]]
+        else:
+            points.append(MethodPoint(method))
+    return points
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The settings every point of a sweep shares. A resumed sweep must repeat them exactly."""
+
+    task: str
+    target: str = "default"
+    draft: str | None = None  # None: the backend's default (self:default for target=default)
+    judge: str | None = None  # a judge folder or .safetensors file, or accept-all / reject-all
+    window: int = 4
+    limit: int | None = None  # the first N documents of the task
+    include_path: str = "tasks"
+    apply_chat_template: bool = False
+    gen_kwargs: str | None = None  # lm-eval's --gen_kwargs, e.g. "max_gen_toks=128"
+    model_args: str | None = None  # more backend model_args, e.g. "dtype=bfloat16"
+    threads: int | None = None  # torch CPU threads (OMP_NUM_THREADS in the commands)
+
+    def call(self, point: MethodPoint, output_path: Path) -> LmEvalCall:
+        """The lm-eval invocation of one point."""
+        from lm_eval.utils import simple_parse_args_string
+
+        if point.mode == "autojudge" and not self.judge:
+            raise ConfigError(
+                "method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)"
+            )
+        args: dict = {"target": self.target}
+        if self.draft:
+            args["draft"] = self.draft
+        args["mode"] = point.mode
+        if point.mode != "target":
+            args["window"] = self.window
+        if point.mode == "topk":
+            args["topk"] = point.topk
+        if point.mode == "autojudge":
+            args["judge"] = self.judge
+            if point.threshold is not None:
+                args["threshold"] = point.threshold
+        args.update(simple_parse_args_string(self.model_args or ""))
+        env = {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return LmEvalCall(
+            model_args=tuple(args.items()),
+            task=self.task,
+            include_path=self.include_path,
+            output_path=_display_path(output_path),
+            limit=self.limit,
+            apply_chat_template=self.apply_chat_template,
+            gen_kwargs=tuple(simple_parse_args_string(self.gen_kwargs or "").items()),
+            env=tuple(env.items()),
+        )
+
+
+@dataclass(frozen=True)
+class PointEvent:
+    """Progress of a sweep, for the caller to show: ``status`` is "start", "skip" or "done"."""
+
+    index: int
+    total: int
+    point: MethodPoint
+    status: str
+    folder: Path
+    seconds: float = 0.0
+
+
+def run_sweep(
+    spec: SweepSpec,
+    points: list[MethodPoint],
+    run_dir: Path,
+    *,
+    command: str | None = None,
+    on_event: Callable[[PointEvent], None] | None = None,
+) -> list[Path]:
+    """Run every point not finished yet into ``run_dir/<point name>/``; return the point folders in order."""
+    run_dir = Path(run_dir)
+    _check_points(spec, points)
+    session = _open_run(spec, points, run_dir, command)
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    folders = []
+    for index, point in enumerate(points, 1):
+        folder = run_dir / point.name
+        folders.append(folder)
+        if (folder / POINT_FILE).is_file():
+            _emit(on_event, PointEvent(index, len(points), point, "skip", folder))
+            continue
+        if folder.exists():
+            log.info("redoing %s: it has no %s (cut off)", folder, POINT_FILE)
+            shutil.rmtree(folder)
+        _emit(on_event, PointEvent(index, len(points), point, "start", folder))
+        seconds = _run_point(spec, point, folder, session)
+        _emit(on_event, PointEvent(index, len(points), point, "done", folder, seconds))
+    return folders
+
+
+def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"repeated method points: {', '.join(names)}")
+    if any(p.mode == "autojudge" for p in points) and not spec.judge:
+        raise ConfigError("method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)")
+
+
+def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int) -> float:
+    call = spec.call(point, folder)
+    started, clock = _now(), time.perf_counter()
+    call.run()
+    seconds = time.perf_counter() - clock
+    results = sorted(folder.glob("*/results_*.json"))
+    samples = sorted(folder.glob(f"*/samples_{spec.task}_*.jsonl"))
+    if not results or not samples:
+        raise ConfigError(f"lm-eval wrote no results/samples files for {spec.task} under {folder}")
+    record = {
+        "schema": SCHEMA_POINT,
+        "name": point.name,
+        "point": dataclasses.asdict(point),
+        "task": spec.task,
+        "command": call.command(),
+        "argv": ["lm_eval", *call.argv()],
+        "results": str(results[-1].relative_to(folder)),
+        "samples": str(samples[-1].relative_to(folder)),
+        "session": session,
+        "started": started,
+        "finished": _now(),
+        "seconds": round(seconds, 3),
+    }
+    _write_json(folder / POINT_FILE, record)  # last: the finished marker
+    return seconds
+
+
+def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command: str | None) -> int:
+    """Create or resume ``run_dir``: check the settings match, add the points, append this session's env."""
+    sweep_file, env_file = run_dir / "sweep.json", run_dir / "env.json"
+    settings = dataclasses.asdict(spec)
+    if sweep_file.is_file():
+        sweep = json.loads(sweep_file.read_text())
+        if sweep.get("settings") != settings:
+            old, new = sweep.get("settings", {}), settings
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k])
+            raise ConfigError(
+                f"{run_dir} holds a sweep with other settings ({diff}); resume with the same settings or "
+                "pick another --run-id"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sweep = {"schema": SCHEMA_SWEEP, "run_id": run_dir.name, "settings": settings, "points": []}
+    known = {p["name"] for p in sweep["points"]}
+    sweep["points"] += [{"name": p.name, **dataclasses.asdict(p)} for p in points if p.name not in known]
+    _write_json(sweep_file, sweep)
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {"schema": SCHEMA_ENV, "sessions": []}
+    env["sessions"].append(environment(command, spec.threads))
+    _write_json(env_file, env)
+    return len(env["sessions"]) - 1
+
+
+def environment(command: str | None = None, threads: int | None = None) -> dict:
+    """Package versions, CPU, threads, git commit (+dirty), command line and UTC date of this process."""
+    import importlib.metadata
+
+    import torch
+
+    from .records import git_commit
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "date": _now(),
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "git": git_commit(),
+        "versions": {
+            "autojudge_eval": version("autojudge-eval"),
+            "lm_eval": version("lm_eval"),
+            "torch": torch.__version__,
+            "transformers": version("transformers"),
+            "python": platform.python_version(),
+        },
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "env": {k: os.environ[k] for k in (*ENV_KEYS, "OMP_NUM_THREADS") if os.environ.get(k)},
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def default_run_id(task: str) -> str:
+    return f"{task}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (commands run from the repo root)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _emit(on_event, event: PointEvent) -> None:
+    log.info("[%d/%d] %s: %s", event.index, event.total, event.point.name, event.status)
+    if on_event is not None:
+        on_event(event)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from .records import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,157 @@
+"""``autojudge-eval report``: metrics and intervals from sweep files, Markdown/HTML/CSV, plots, and the page as
+a real headless Chromium shows it (skipped where Chromium is not installed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tiny_models
+
+from autojudge_eval import cli
+from autojudge_eval.report import bootstrap_speed, leaderboard
+from autojudge_eval.runs import DocSpeed, PointResult, primary_metric, read_run
+from autojudge_eval.sweep import MethodPoint, SweepSpec, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+tiny_pair_dirs = tiny_models.tiny_pair_dirs
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_pair_dirs, tmp_path_factory) -> Path:
+    """A finished tiny sweep with every method: target, lossless, topk at two k, autojudge at two thresholds."""
+    target, draft = tiny_pair_dirs
+    spec = SweepSpec(
+        task="autojudge_tiny", target=str(target), draft=str(draft), judge="accept-all",
+        include_path="tests/test_configs", limit=4,
+    )  # fmt: skip
+    points = [MethodPoint("target"), MethodPoint("lossless"), MethodPoint("topk", topk=2)]
+    points += [
+        MethodPoint("topk", topk=8),
+        MethodPoint("autojudge", 0, 0.3),
+        MethodPoint("autojudge", 0, 0.7),
+    ]
+    folder = tmp_path_factory.mktemp("runs") / "tiny-sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        run_sweep(spec, points, folder, command="autojudge-eval sweep --task autojudge_tiny")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert cli.main(["report", str(run_dir.parent), "--out", str(out)]) == 0
+    return out
+
+
+def point(docs: dict[int, tuple[int, float]], mode: str = "lossless", run: str = "r") -> PointResult:
+    speed = {
+        "tokens_per_s": sum(t for t, _ in docs.values()) / sum(s for _, s in docs.values()),
+        "accepted_per_cycle": 1.0,
+    }
+    return PointResult(
+        run_id=run, name=mode, mode=mode, topk=None, threshold=None, task="t", pair="p", window=4, judge="none",
+        metric="exact_match,none", accuracy=0.5, stderr=0.1, speed=speed, command="lm_eval ...",
+        n_docs=len(docs), docs={d: DocSpeed(*v) for d, v in docs.items()},
+    )  # fmt: skip
+
+
+def test_bootstrap_intervals_are_seeded_paired_and_cover_the_estimate():
+    rng = np.random.default_rng(5)
+    docs = {i: (int(rng.integers(20, 200)), float(rng.uniform(1, 10))) for i in range(30)}
+    target = point(docs, "target")
+    faster = point({d: (n, s / 2) for d, (n, s) in docs.items()})  # every document twice as fast
+    rate, ratio = bootstrap_speed(faster, target)
+    assert ratio.low == pytest.approx(2.0) and ratio.high == pytest.approx(2.0)  # paired: no spread at all
+    assert rate.low < faster.tokens_per_s < rate.high
+    assert bootstrap_speed(faster, target) == (rate, ratio)  # seeded
+    noisy = point({d: (n, s * float(rng.uniform(0.3, 0.9))) for d, (n, s) in docs.items()})
+    rate, ratio = bootstrap_speed(noisy, target)
+    estimate = noisy.tokens_per_s / target.tokens_per_s
+    assert 1.0 < ratio.low < estimate < ratio.high
+    assert bootstrap_speed(noisy, None)[1] is None  # no target: no ratio
+    assert bootstrap_speed(point({0: (5, 1.0)}), target) == (None, None)  # one document: no interval
+
+
+def test_primary_metric_prefers_pass_at_1_then_exact_match_first_filter():
+    results = {
+        "alias": "x", "exec_seconds,extract-code": 0.2, "pass@1,extract-code": 0.25,
+        "pass@1_stderr,extract-code": 0.1,
+    }  # fmt: skip
+    assert primary_metric(results) == ("pass@1,extract-code", 0.25, 0.1)
+    gsm = {
+        "exact_match,strict-match": 0.4,
+        "exact_match_stderr,strict-match": "N/A",
+        "exact_match,flexible-extract": 0.5,
+    }
+    assert primary_metric(gsm) == ("exact_match,strict-match", 0.4, None)
+
+
+def test_leaderboard_rows_come_from_lm_eval_files(run_dir):
+    points = read_run(run_dir)
+    frame = leaderboard(points)
+    assert list(frame["method"]) == [
+        "target",
+        "lossless",
+        "topk-2",
+        "topk-8",
+        "autojudge-t0.3",
+        "autojudge-t0.7",
+    ]
+    results = json.loads(next((run_dir / "lossless").glob("*/results_*.json")).read_text())
+    row = frame.set_index("method").loc["lossless"]
+    assert row["accuracy"] == results["results"]["autojudge_tiny"]["exact_match,none"]
+    assert row["stderr"] == results["results"]["autojudge_tiny"]["exact_match_stderr,none"]
+    speed = results["config"]["autojudge"]["speed"]["autojudge_tiny"]["generate_until"]
+    assert row["accepted_per_cycle"] == speed["accepted_per_cycle"] and row["docs"] == 4
+    target = frame.set_index("method").loc["target"]
+    assert target["speedup"] == 1.0
+    assert row["speedup"] == pytest.approx(speed["tokens_per_s"] / target["tokens_per_s"])
+    assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+
+
+def test_report_files(report, run_dir):
+    md = (report / "leaderboard.md").read_text()
+    csv = pd.read_csv(report / "leaderboard.csv")
+    assert len(csv) == 6 and set(csv["task"]) == {"autojudge_tiny"}
+    png = re.search(r"!\[autojudge_tiny\]\((leaderboard-autojudge_tiny-[0-9a-f]{8}\.png)\)", md).group(1)
+    assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method | accuracy ± se | × target [95% CI] |" in md
+    commands = re.findall(r"^\d+\. `(lm_eval .*)`$", md, flags=re.M)
+    assert len(commands) == 6 and all(f"--output_path {run_dir}/" in c for c in commands)
+    assert "mode=topk,window=4,topk=8" in commands[3]
+    page = (report / "leaderboard.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1
+    assert not re.search(r"""(src|href)=["']?(https?:|file:|//)""", page)  # self-contained
+    assert page.count("<li value=") == 6 and "autojudge-t0.7" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_page_fits_a_1280px_window_in_headless_chromium(report, tmp_path):
+    """Chromium lays the page out at 1280 px: nothing may be wider (no sideways scrolling); a screenshot too."""
+    probe = tmp_path / "probe.html"
+    script = "<script>document.title = 'W' + document.documentElement.scrollWidth;</script></body>"
+    probe.write_text((report / "leaderboard.html").read_text().replace("</body>", script))
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    width = int(re.search(r"<title>W(\d+)</title>", dom.stdout).group(1))
+    assert width <= 1280
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", probe.as_uri()], capture_output=True, timeout=120
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -1,0 +1,181 @@
+"""``autojudge-eval sweep`` on the tiny random pair and the tiny local task: folders, commands, resume."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import tiny_models
+
+from autojudge_eval import cli
+from autojudge_eval.errors import ConfigError
+from autojudge_eval.lm_eval_call import LmEvalCall
+from autojudge_eval.runs import read_run
+from autojudge_eval.sweep import MethodPoint, SweepSpec, method_points, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+tiny_pair_dirs = tiny_models.tiny_pair_dirs
+POINTS = [MethodPoint("target"), MethodPoint("lossless"), MethodPoint("autojudge", threshold=0.5)]
+
+
+@pytest.fixture(autouse=True)
+def repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)  # the tiny task's data path and include path are relative to the repository
+
+
+def tiny_spec(tiny_pair_dirs, **changes) -> SweepSpec:
+    target, draft = tiny_pair_dirs
+    settings = dict(task="autojudge_tiny", target=str(target), draft=str(draft), judge="accept-all")
+    settings.update(include_path="tests/test_configs", limit=3)
+    return SweepSpec(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_pair_dirs, tmp_path_factory):
+    """One finished sweep: target, lossless and autojudge (accept-all stand-in) on 3 questions."""
+    run_dir = tmp_path_factory.mktemp("sweeps") / "tiny-run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        events = []
+        run_sweep(tiny_spec(tiny_pair_dirs), POINTS, run_dir, command="test", on_event=events.append)
+    return run_dir, events
+
+
+def samples(folder: Path) -> list[dict]:
+    point = json.loads((folder / "point.json").read_text())
+    return [json.loads(line) for line in (folder / point["samples"]).read_text().splitlines()]
+
+
+def test_method_points_expand_k_and_thresholds():
+    points = method_points(["target", "topk", "autojudge", "lossless"], topks=[2, 8], thresholds=[0.1, 0.35])
+    assert [p.name for p in points] == [
+        "target", "topk-2", "topk-8", "autojudge-t0.1", "autojudge-t0.35", "lossless",
+    ]  # fmt: skip
+    assert (
+        method_points(["autojudge"], topks=[], thresholds=[])[0].name == "autojudge"
+    )  # the card's threshold
+    with pytest.raises(ConfigError, match="unknown method sampling"):
+        method_points(["target", "sampling"], topks=[], thresholds=[])
+
+
+def test_sweep_writes_lm_eval_outputs_commands_and_environment(swept):
+    run_dir, events = swept
+    assert [(e.point.name, e.status) for e in events] == [
+        ("target", "start"), ("target", "done"), ("lossless", "start"), ("lossless", "done"),
+        ("autojudge-t0.5", "start"), ("autojudge-t0.5", "done"),
+    ]  # fmt: skip
+    sweep = json.loads((run_dir / "sweep.json").read_text())
+    assert sweep["schema"] == "autojudge-sweep/1" and sweep["settings"]["limit"] == 3
+    session = json.loads((run_dir / "env.json").read_text())["sessions"][0]
+    assert session["command"] == "test" and session["cpu"] and session["torch_threads"] >= 1
+    assert session["versions"]["lm_eval"] and session["versions"]["torch"] and "date" in session
+    assert "git" in session  # the commit (+dirty), or None outside a checkout
+    for name in ("target", "lossless", "autojudge-t0.5"):
+        point = json.loads((run_dir / name / "point.json").read_text())
+        results = json.loads((run_dir / name / point["results"]).read_text())
+        assert results["config"]["autojudge"]["mode"] == name.split("-")[0]
+        assert "exact_match,none" in results["results"]["autojudge_tiny"]
+        assert len(samples(run_dir / name)) == 3
+        words = shlex.split(point["command"])  # [VAR=value ...] lm_eval ARGS
+        start = words.index("lm_eval")
+        assert all("=" in w for w in words[:start]) and words[start:] == point["argv"]
+    judge_args = json.loads((run_dir / "autojudge-t0.5" / "point.json").read_text())["argv"][4]
+    assert judge_args.endswith("mode=autojudge,window=4,judge=accept-all,threshold=0.5")
+
+
+def test_lossless_point_generates_what_target_generates(swept):
+    run_dir, _ = swept
+    target, lossless = (
+        {s["doc_id"]: s["resps"] for s in samples(run_dir / n)} for n in ("target", "lossless")
+    )
+    assert target == lossless
+    points = {p.name: p for p in read_run(run_dir)}
+    assert points["target"].accepted_per_cycle == 0 and points["lossless"].accepted_per_cycle > 0
+    assert (
+        points["autojudge-t0.5"].speed["mismatches_accepted"]
+        > 0
+        == points["lossless"].speed["mismatches_accepted"]
+    )
+
+
+def test_resume_skips_finished_points_and_redoes_a_cut_off_one(swept, tiny_pair_dirs, tmp_path):
+    run_dir = tmp_path / "tiny-run"
+    shutil.copytree(swept[0], run_dir)
+    (run_dir / "lossless" / "point.json").unlink()  # killed after lm-eval wrote, before the marker
+    target_files = sorted(p.name for p in (run_dir / "target").rglob("*"))
+    events = []
+    more = [*POINTS, MethodPoint("topk", topk=2)]
+    run_sweep(tiny_spec(tiny_pair_dirs), more, run_dir, command="again", on_event=events.append)
+    assert [(e.point.name, e.status) for e in events if e.status != "start"] == [
+        ("target", "skip"), ("lossless", "done"), ("autojudge-t0.5", "skip"), ("topk-2", "done"),
+    ]  # fmt: skip
+    assert sorted(p.name for p in (run_dir / "target").rglob("*")) == target_files
+    assert len(list((run_dir / "lossless").glob("*/results_*.json"))) == 1  # the cut-off files were removed
+    assert [p.name for p in read_run(run_dir)] == ["target", "lossless", "autojudge-t0.5", "topk-2"]
+    sessions = json.loads((run_dir / "env.json").read_text())["sessions"]
+    assert [s["command"] for s in sessions] == ["test", "again"]
+    assert json.loads((run_dir / "lossless" / "point.json").read_text())["session"] == 1
+
+
+def test_resume_with_other_settings_is_refused(swept, tiny_pair_dirs, tmp_path):
+    run_dir = tmp_path / "tiny-run"
+    shutil.copytree(swept[0], run_dir)
+    with pytest.raises(ConfigError, match="limit: 3 -> 4"):
+        run_sweep(tiny_spec(tiny_pair_dirs, limit=4), POINTS, run_dir)
+
+
+def test_bad_points_fail_before_anything_runs(tiny_pair_dirs, tmp_path):
+    with pytest.raises(ConfigError, match="needs --judge"):
+        run_sweep(tiny_spec(tiny_pair_dirs, judge=None), POINTS, tmp_path / "a")
+    with pytest.raises(ConfigError, match="unknown task autojudge_nope"):
+        run_sweep(tiny_spec(tiny_pair_dirs, task="autojudge_nope"), POINTS[:1], tmp_path / "b")
+    assert not (tmp_path / "a").exists()
+
+
+LM_EVAL_PARSE = """import json, sys
+from dataclasses import asdict
+from lm_eval._cli import HarnessCLI
+from lm_eval.config.evaluate_config import EvaluatorConfig
+sys.argv[0] = "lm_eval"  # then lm_eval's own argv handling (it inserts the "run" subcommand)
+print(json.dumps(asdict(EvaluatorConfig.from_cli(HarnessCLI().parse_args())), default=str))
+"""
+
+
+def test_command_is_what_lm_eval_parses_into_the_same_config(tmp_path):
+    """The recorded command, read by lm-eval's own CLI parser, gives the configuration the sweep ran with."""
+    call = LmEvalCall(
+        model_args=(("target", "default"), ("mode", "autojudge"), ("judge", "judges/x y"), ("threshold", 0.3)),
+        task="autojudge_gsm8k", include_path="tasks", output_path="results/r/autojudge-t0.3", limit=5,
+        apply_chat_template=True, gen_kwargs=(("max_gen_toks", 256),), env=(("OMP_NUM_THREADS", "1"),),
+    )  # fmt: skip
+    words = shlex.split(call.command())
+    assert words[:2] == ["OMP_NUM_THREADS=1", "lm_eval"] and words[2:] == call.argv()
+    proc = subprocess.run(
+        [sys.executable, "-c", LM_EVAL_PARSE, *call.argv()], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = json.loads(json.dumps(asdict(call.config()), default=str))
+    for key in ("model", "model_args", "tasks", "include_path", "apply_chat_template", "fewshot_as_multiturn",
+                "gen_kwargs", "limit", "output_path", "log_samples", "seed", "batch_size", "device", "metadata"):  # fmt: skip
+        assert theirs[key] == ours[key], key
+
+
+def test_cli_sweep_prints_a_line_per_point(tiny_pair_dirs, tmp_path, capsys):
+    target, draft = tiny_pair_dirs
+    code = cli.main([
+        "sweep", "--task", "autojudge_tiny", "--target", str(target), "--draft", str(draft),
+        "--methods", "target,lossless", "--limit", "2", "--include-path", "tests/test_configs",
+        "--out", str(tmp_path), "--run-id", "cli-run",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[1/2] target: exact_match" in out and "(1.00x target)" in out
+    assert "[2/2] lossless: exact_match" in out and "accepted/cycle" in out
+    assert "--run-id cli-run" in out and (tmp_path / "cli-run" / "lossless" / "point.json").is_file()
