@@ -130,11 +130,9 @@ def test_resume_with_other_settings_is_refused(swept, tiny_pair_dirs, tmp_path):
         run_sweep(tiny_spec(tiny_pair_dirs, limit=4), POINTS, run_dir)
 
 
-def test_bad_points_fail_before_anything_runs(tiny_pair_dirs, tmp_path):
+def test_autojudge_without_a_judge_fails_before_anything_runs(tiny_pair_dirs, tmp_path):
     with pytest.raises(ConfigError, match="needs --judge"):
         run_sweep(tiny_spec(tiny_pair_dirs, judge=None), POINTS, tmp_path / "a")
-    with pytest.raises(ConfigError, match="unknown task autojudge_nope"):
-        run_sweep(tiny_spec(tiny_pair_dirs, task="autojudge_nope"), POINTS[:1], tmp_path / "b")
     assert not (tmp_path / "a").exists()
 
 
