@@ -87,22 +87,34 @@ def load_config(path: Path) -> RegressConfig:
     return config
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A method of a task the run left out, and why."""
+
+    task: str
+    method: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.method} skipped, {self.reason}"
+
+
 def judge_available(judge: str | None) -> bool:
     return bool(judge) and (judge in CONSTANT_JUDGES or Path(judge).exists())
 
 
 def run_slice(
     config: RegressConfig, out_dir: Path, *, threads: int | None = None, on_event=None
-) -> tuple[dict, list[str]]:
-    """Run every task of the slice as a sweep under ``out_dir``; return (measurements, notes).
+) -> tuple[dict, list[Skip]]:
+    """Run every task of the slice as a sweep under ``out_dir``; return (measurements, what was skipped).
 
-    A task's autojudge point is left out, with a note, when its judge file is missing."""
-    notes, points = [], []
+    A task's autojudge point is left out when its judge file is missing."""
+    skipped, points = [], []
     for task in config.tasks:
         methods = list(task.methods)
         if "autojudge" in methods and not judge_available(task.judge):
             methods.remove("autojudge")
-            notes.append(f"{task.name}: autojudge skipped, judge not found at {task.judge}")
+            skipped.append(Skip(task.name, "autojudge", f"judge not found at {task.judge}"))
         spec = SweepSpec(
             task=task.name, target=config.target, draft=config.draft,
             judge=task.judge if "autojudge" in methods else None, window=config.window, limit=task.limit,
@@ -112,7 +124,7 @@ def run_slice(
         chosen = method_points(methods, topks=[task.topk], thresholds=[task.threshold])
         run_sweep(spec, chosen, Path(out_dir) / task.name, on_event=on_event)
         points += read_run(Path(out_dir) / task.name)
-    return measurements(points), notes
+    return measurements(points), skipped
 
 
 def measurements(points: list[PointResult]) -> dict:
@@ -184,7 +196,7 @@ class Check:
         return self.status == "FAIL"
 
 
-def compare(baseline: dict, current: dict, tol: Tolerances, skipped: list[str] = ()) -> list[Check]:
+def compare(baseline: dict, current: dict, tol: Tolerances, skipped: list[Skip] = ()) -> list[Check]:
     """Every quantity of the baseline's tasks (``baseline["tasks"]``) against the current run's
     (:func:`measurements`); points only one side has become notes, or "skipped" when listed in ``skipped``."""
     checks = []
@@ -193,7 +205,7 @@ def compare(baseline: dict, current: dict, tol: Tolerances, skipped: list[str] =
         for name, b in base["points"].items():
             c = now_points.get(name)
             if c is None:
-                gone = any(s.startswith(f"{task}: {name.split('-')[0]} skipped") for s in skipped)
+                gone = any((s.task, s.method) == (task, name.split("-")[0]) for s in skipped)
                 checks.append(Check(task, name, "(not run)", None, None, "", "skipped" if gone else "FAIL"))
                 continue
             checks.append(

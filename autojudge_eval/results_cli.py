@@ -173,14 +173,14 @@ def regress_main(args) -> int:
             took = "already done" if event.status == "skip" else f"{event.seconds:.0f} s"
             print(f"  {event.folder.parent.name} {event.point.name}: {took}", flush=True)
 
-    current, notes = run_slice(config, out, threads=threads, on_event=show)
+    current, skipped = run_slice(config, out, threads=threads, on_event=show)
     print(f"regress: ran in {time.perf_counter() - clock:.0f} s", flush=True)
-    for note in notes:
-        print(f"note: {note}")
+    for skip in skipped:
+        print(f"note: {skip}")
     if args.update:
         if baseline is not None:
             print("against the old baseline:")
-            print(format_checks(compare(baseline["tasks"], current, config.tolerances, notes)))
+            print(format_checks(compare(baseline["tasks"], current, config.tolerances, skipped)))
         write_baseline(
             Path(args.baseline), make_baseline(config, current, command=_command(), threads=threads)
         )
@@ -190,7 +190,7 @@ def regress_main(args) -> int:
     threads_then = baseline.get("environment", {}).get("torch_threads")
     if threads_then != threads:
         print(f"note: the baseline ran with {threads_then} threads, this run with {threads}")
-    checks = compare(baseline["tasks"], current, config.tolerances, notes)
+    checks = compare(baseline["tasks"], current, config.tolerances, skipped)
     print(format_checks(checks))
     return 1 if any(c.failed for c in checks) else 0
 

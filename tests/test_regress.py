@@ -13,7 +13,7 @@ import torch
 
 from autojudge_eval import cli
 from autojudge_eval.errors import ConfigError
-from autojudge_eval.regress import Tolerances, compare, load_config
+from autojudge_eval.regress import Skip, Tolerances, compare, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 tiny_pair_dirs = tiny_models.tiny_pair_dirs
@@ -154,7 +154,9 @@ def test_compare_rules():
     same = compare(base, base, tol)
     assert [c.status for c in same] == ["ok"] * 8
     now = entry(target=(0.6, 0.0, 1.0), lossless=(0.4, 2.21, 0.59), topk=(0.4, 2.5, 0.9))
-    checks = {(c.point, c.quantity): c.status for c in compare(base, now, tol, ["t: autojudge skipped, ..."])}
+    checks = {
+        (c.point, c.quantity): c.status for c in compare(base, now, tol, [Skip("t", "autojudge", "no judge")])
+    }
     assert checks[("target", "accuracy")] == "ok"  # 0.2 away: on the edge, allowed
     assert checks[("lossless", "accepted/cycle")] == "FAIL"  # 10.5% away
     assert checks[("lossless", "x target")] == "FAIL"  # 0.8 -> 0.59: dropped 26%
