@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from .runs import PointResult, find_runs, read_run, speedup, target_of
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict
     runs = find_runs(paths)
     points = [p for run in runs for p in read_run(run)]
     if not points:
-        raise_no_points(runs)
+        raise DataError(f"no finished method points in {', '.join(map(str, runs))}; run or resume the sweeps")
     frame = leaderboard(points)
     frame.to_csv(out_dir / "leaderboard.csv", index=False)
     sections, ref = [], 1
@@ -159,14 +160,6 @@ def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict
     md.write_text(render_markdown(sections, meta))
     page.write_text(render_html(sections, meta))
     return {"markdown": md, "html": page, "csv": out_dir / "leaderboard.csv"}
-
-
-def raise_no_points(runs: list[Path]) -> None:
-    from .errors import DataError
-
-    raise DataError(
-        f"no finished method points in {', '.join(map(str, runs))}; run or resume the sweep first"
-    )
 
 
 def _run_summary(run: Path) -> dict:

@@ -1,5 +1,5 @@
-"""``autojudge-eval report``: metrics and intervals from sweep files, Markdown/HTML/CSV, plots, and the page as
-a real headless Chromium shows it (skipped where Chromium is not installed)."""
+"""``autojudge-eval report``: metrics and intervals from sweep files, Markdown/HTML/CSV, plots, and the page
+as a real headless Chromium lays it out (skipped where Chromium is not installed)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_pair_dirs, tmp_path_factory) -> Path:
-    """A finished tiny sweep with every method: target, lossless, topk at two k, autojudge at two thresholds."""
+    """A finished tiny sweep of every method: target, lossless, topk at two k, autojudge at two thresholds."""
     target, draft = tiny_pair_dirs
     spec = SweepSpec(
         task="autojudge_tiny", target=str(target), draft=str(draft), judge="accept-all",
@@ -58,8 +58,8 @@ def point(docs: dict[int, tuple[int, float]], mode: str = "lossless", run: str =
         "accepted_per_cycle": 1.0,
     }
     return PointResult(
-        run_id=run, name=mode, mode=mode, topk=None, threshold=None, task="t", pair="p", window=4, judge="none",
-        metric="exact_match,none", accuracy=0.5, stderr=0.1, speed=speed, command="lm_eval ...",
+        run_id=run, name=mode, mode=mode, topk=None, threshold=None, task="t", pair="p", window=4,
+        judge="none", metric="exact_match,none", accuracy=0.5, stderr=0.1, speed=speed, command="lm_eval ...",
         n_docs=len(docs), docs={d: DocSpeed(*v) for d, v in docs.items()},
     )  # fmt: skip
 
@@ -136,7 +136,7 @@ def test_report_files(report, run_dir):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_page_fits_a_1280px_window_in_headless_chromium(report, tmp_path):
-    """Chromium lays the page out at 1280 px: nothing may be wider (no sideways scrolling); a screenshot too."""
+    """Chromium lays the page out at 1280 px: nothing wider (no sideways scrolling); and a screenshot."""
     probe = tmp_path / "probe.html"
     script = "<script>document.title = 'W' + document.documentElement.scrollWidth;</script></body>"
     probe.write_text((report / "leaderboard.html").read_text().replace("</body>", script))

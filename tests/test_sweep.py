@@ -148,7 +148,7 @@ print(json.dumps(asdict(EvaluatorConfig.from_cli(HarnessCLI().parse_args())), de
 def test_command_is_what_lm_eval_parses_into_the_same_config(tmp_path):
     """The recorded command, read by lm-eval's own CLI parser, gives the configuration the sweep ran with."""
     call = LmEvalCall(
-        model_args=(("target", "default"), ("mode", "autojudge"), ("judge", "judges/x y"), ("threshold", 0.3)),
+        model_args=(("target", "default"), ("mode", "autojudge"), ("judge", "j/x y"), ("threshold", 0.3)),
         task="autojudge_gsm8k", include_path="tasks", output_path="results/r/autojudge-t0.3", limit=5,
         apply_chat_template=True, gen_kwargs=(("max_gen_toks", 256),), env=(("OMP_NUM_THREADS", "1"),),
     )  # fmt: skip
@@ -160,8 +160,8 @@ def test_command_is_what_lm_eval_parses_into_the_same_config(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = json.loads(json.dumps(asdict(call.config()), default=str))
-    for key in ("model", "model_args", "tasks", "include_path", "apply_chat_template", "fewshot_as_multiturn",
-                "gen_kwargs", "limit", "output_path", "log_samples", "seed", "batch_size", "device", "metadata"):  # fmt: skip
+    keys = "model model_args tasks include_path apply_chat_template fewshot_as_multiturn gen_kwargs limit"
+    for key in (keys + " output_path log_samples seed batch_size device metadata").split():
         assert theirs[key] == ours[key], key
 
 
