@@ -109,6 +109,11 @@ class AutojudgeLM(TemplateLM):
             "dtype": dtype, "max_length": self.max_length, "world_size": self.world_size,
         }  # fmt: skip
 
+    def _quiet(self, disable_tqdm: bool) -> bool:
+        """No bar on ranks other than 0, when lm-eval asks, or when ``TQDM_DISABLE`` is set (as in CI)."""
+        env = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+        return bool(disable_tqdm or self.rank != 0 or env)
+
     def get_model_info(self) -> dict:
         """lm-eval merges this into ``results["config"]``: the settings and the speed totals per task."""
         return {"autojudge": {**self.describe(), "speed": self.speed.summary()}}
@@ -151,7 +156,7 @@ class AutojudgeLM(TemplateLM):
         unique = {id(r): r for r in requests}  # lm-eval repeats an Instance for repeats and rank padding
         attach = self.cache_hook.dbdict is None  # --use_cache keys its database on the arguments: keep them
         first, texts = len(self.speed.records), {}
-        for req in tqdm(unique.values(), desc="autojudge generate", disable=disable_tqdm or self.rank != 0):
+        for req in tqdm(unique.values(), desc="autojudge generate", disable=self._quiet(disable_tqdm)):
             context, gen_kwargs = req.args[0], req.args[1]
             cfg = request_config(self.decode, gen_kwargs)
             tokens, stats = self.pair.generate(self._prompt_ids(context, cfg.max_new_tokens), cfg, self.rule)
@@ -218,7 +223,7 @@ class AutojudgeLM(TemplateLM):
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
         """TemplateLM's scoring hook: ``requests`` hold (cache key, context ids, continuation ids)."""
-        bar = tqdm(desc="autojudge score", disable=disable_tqdm or self.rank != 0)
+        bar = tqdm(desc="autojudge score", disable=self._quiet(disable_tqdm))
         pairs = [(ctx, cont) for _, ctx, cont in requests]
         out, forwards = score_tokens(self.model, pairs, self.max_length, self.batch_size, bar)
         self._scored[0] += sum(min(len(cont), self.max_length) for cont in (p[1] for p in pairs))

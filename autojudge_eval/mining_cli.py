@@ -56,7 +56,7 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
         "--rows",
         type=int,
         default=None,
-        help="problems in flight, their continuations batched (default: 8 for a self-draft, else 1)",
+        help="problems in flight, their continuations batched (default: 16 for a self-draft, else 1)",
     )
     p.add_argument("--out", default=None, help="output folder (default: mined/<task>/<pair>)")
     p.add_argument(
@@ -89,7 +89,7 @@ def mine_main(args) -> int:
         max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW[args.task],
         reuse_cache=not args.no_cache,
         lookahead=0 if args.no_cache else args.lookahead,
-        rows=1 if args.no_cache else args.rows or (8 if isinstance(pair.drafter, SelfDrafter) else 1),
+        rows=1 if args.no_cache else args.rows or (16 if isinstance(pair.drafter, SelfDrafter) else 1),
     )
     if settings.rows < 1:
         raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
