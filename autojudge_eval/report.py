@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .runs import PointResult, find_runs, read_run, speedup, target_of
+from .runs import PointResult, agreement, find_runs, read_run, speedup, target_of
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def leaderboard(points: list[PointResult]) -> pd.DataFrame:
             "task": p.task, "pair": p.pair, "run": p.run_id, "method": p.name, "mode": p.mode,
             "topk": p.topk, "threshold": p.threshold, "window": p.window, "judge": p.judge,
             "metric": p.metric, "accuracy": p.accuracy, "stderr": p.stderr, "docs": p.n_docs,
+            "agreement": agreement(p, target),
             "speedup": speedup(p, target), "speedup_low": ratio_ci.low if ratio_ci else None,
             "speedup_high": ratio_ci.high if ratio_ci else None, "tokens_per_s": p.tokens_per_s,
             "tokens_per_s_low": rate_ci.low if rate_ci else None,
@@ -96,6 +97,7 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
         **({"run": frame["run"]} if several_runs else {}),
         "method": frame["method"],
         "accuracy ± se": [_pm(a, s) for a, s in zip(frame["accuracy"], frame["stderr"], strict=True)],
+        "same answer as target": frame["agreement"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.3f}"),
         "× target [95% CI]": _with_ci(frame, "speedup", "{:.2f}"),
         "tokens/s [95% CI]": _with_ci(frame, "tokens_per_s", "{:.1f}"),
         "accepted/cycle": frame["accepted_per_cycle"].map("{:.2f}".format),

@@ -46,6 +46,7 @@ class PointResult:
     command: str
     n_docs: int
     docs: dict[int, DocSpeed] = field(repr=False, default_factory=dict)
+    answers: dict[int, str] = field(repr=False, default_factory=dict)  # doc -> the metric's filtered answer
 
     @property
     def tokens_per_s(self) -> float:
@@ -95,13 +96,14 @@ def read_point(folder: Path, run_id: str) -> PointResult:
     task = point["task"]
     info = results.get("config", {}).get("autojudge", {})
     metric, accuracy, stderr = primary_metric(results["results"][task])
+    answers = read_doc_answers(samples_file, metric.split(",", 1)[1])
     p = point["point"]
     return PointResult(
         run_id=run_id, name=point["name"], mode=p["mode"], topk=p.get("topk"), threshold=p.get("threshold"),
         task=task, pair=str(info.get("pair", "?")), window=int(info.get("window", 0)),
         judge=str(info.get("judge", "none")), metric=metric, accuracy=accuracy, stderr=stderr,
         speed=info.get("speed", {}).get(task, {}).get("generate_until", {}), command=point["command"],
-        n_docs=len(docs), docs=docs,
+        n_docs=len(docs), docs=docs, answers=answers,
     )  # fmt: skip
 
 
@@ -132,6 +134,28 @@ def read_doc_speeds(samples_file: Path) -> dict[int, DocSpeed]:
                 sum(r["new_tokens"] for r in records), sum(r["wall_time_s"] for r in records)
             )
     return docs
+
+
+def read_doc_answers(samples_file: Path, filter_name: str) -> dict[int, str]:
+    """Each document's answer after the filter ``filter_name`` (GSM8K: the extracted number; code: the
+    extracted program), as JSON text, from lm-eval's samples file."""
+    answers: dict[int, str] = {}
+    for line in Path(samples_file).read_text().splitlines():
+        sample = json.loads(line)
+        if sample.get("filter", filter_name) == filter_name:
+            answers.setdefault(sample["doc_id"], json.dumps(sample.get("filtered_resps"), sort_keys=True))
+    return answers
+
+
+def agreement(point: PointResult, target: PointResult | None) -> float | None:
+    """Share of the documents both scored where ``point``'s filtered answer equals the target-only point's
+    (the same sweep): how often the method changes what the target alone would answer."""
+    if target is None:
+        return None
+    common = [d for d in point.answers if d in target.answers]
+    if not common:
+        return None
+    return sum(point.answers[d] == target.answers[d] for d in common) / len(common)
 
 
 def target_of(point: PointResult, points: list[PointResult]) -> PointResult | None:

@@ -3,6 +3,7 @@ as a real headless Chromium lays it out (skipped where Chromium is not installed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import tiny_models
 
 from autojudge_eval import cli
 from autojudge_eval.report import bootstrap_speed, leaderboard
-from autojudge_eval.runs import DocSpeed, PointResult, primary_metric, read_run
+from autojudge_eval.runs import DocSpeed, PointResult, agreement, primary_metric, read_run
 from autojudge_eval.sweep import MethodPoint, SweepSpec, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +117,17 @@ def test_leaderboard_rows_come_from_lm_eval_files(run_dir):
     assert target["speedup"] == 1.0
     assert row["speedup"] == pytest.approx(speed["tokens_per_s"] / target["tokens_per_s"])
     assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
+    # lossless answers what the target answers; accept-all at a low threshold follows the tiny draft
+    assert target["agreement"] == 1.0 and row["agreement"] == 1.0
+    assert 0.0 <= frame.set_index("method").loc["autojudge-t0.3"]["agreement"] <= 1.0
+
+
+def test_agreement_compares_filtered_answers_doc_by_doc():
+    base, other = point({0: (1, 1.0), 1: (1, 1.0), 2: (1, 1.0)}, "target"), point({0: (1, 1.0), 1: (1, 1.0)})
+    base = dataclasses.replace(base, answers={0: '["3"]', 1: '["4"]', 2: '["5"]'})
+    other = dataclasses.replace(other, answers={0: '["3"]', 1: '["7"]'})
+    assert agreement(other, base) == 0.5  # doc 2 was not scored by the other point: left out
+    assert agreement(other, None) is None
 
 
 def test_report_files(report, run_dir):
@@ -124,7 +136,7 @@ def test_report_files(report, run_dir):
     assert len(csv) == 6 and set(csv["task"]) == {"autojudge_tiny"}
     png = re.search(r"!\[autojudge_tiny\]\((leaderboard-autojudge_tiny-[0-9a-f]{8}\.png)\)", md).group(1)
     assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| method | accuracy ± se | × target [95% CI] |" in md
+    assert "| method | accuracy ± se | same answer as target | × target [95% CI] |" in md
     commands = re.findall(r"^\d+\. `(lm_eval .*)`$", md, flags=re.M)
     assert len(commands) == 6 and all(f"--output_path {run_dir}/" in c for c in commands)
     assert "mode=topk,window=4,topk=8" in commands[3]
