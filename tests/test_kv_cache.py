@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import tiny_llama
 
+from autojudge_eval.kv_cache import RowCache
 from autojudge_eval.stack import LayerStack
 
 
@@ -48,3 +49,38 @@ def test_overflow_is_an_error():
         assert "overflow" in str(exc)
     else:
         raise AssertionError("expected an overflow error")
+
+
+def test_row_steps_at_different_lengths_match_uncached_forwards():
+    """A RowCache batch: rows loaded from batch-1 caches at different lengths, stepped together (one token
+    per row per step, a row left idle inside the batch) give each sequence's own uncached logits; a row saved
+    back into a batch-1 cache continues there exactly."""
+    stack = LayerStack(tiny_llama(5))
+    gen = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 96, (n,), generator=gen) for n in (5, 11, 8)]
+    rows = RowCache.for_model(stack.config, 32, rows=4, dtype=stack.dtype)
+    for row, seq in ((0, seqs[0]), (2, seqs[1]), (3, seqs[2])):
+        base = stack.new_cache(32)
+        stack.forward(seq[:-1], base)
+        rows.load(row, base, 0, len(seq) - 1)
+    rows.lengths[1] = 0  # idle
+    steps = [torch.randint(0, 96, (3,), generator=gen) for _ in seqs]
+    for t in range(4):
+        ids = [int(seqs[0][-1]) if t == 0 else int(steps[0][t - 1]), 0]
+        ids += [int(s[-1]) if t == 0 else int(steps[k][t - 1]) for k, s in ((1, seqs[1]), (2, seqs[2]))]
+        rows.lengths[1] = 0
+        normed, logits, low = stack.step_rows(ids, rows, capture=2)
+        for row, k in ((0, 0), (2, 1), (3, 2)):
+            full = torch.cat([seqs[k], steps[k][:t]])
+            with torch.no_grad():
+                want = stack.model(full.view(1, -1), output_hidden_states=True)
+            torch.testing.assert_close(logits[row], want.logits[0, -1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(low[row], want.hidden_states[2][0, -1], atol=1e-4, rtol=1e-4)
+    saved = stack.new_cache(32)
+    rows.save(2, saved, 0, rows.lengths[2])
+    nxt = torch.randint(0, 96, (2,), generator=gen)
+    _, logits = stack.forward(nxt, saved)
+    full = torch.cat([seqs[1], steps[1], nxt])
+    with torch.no_grad():
+        want = stack.model(full.view(1, -1)).logits[0, -2:]
+    torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
