@@ -215,6 +215,8 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     settings = dataclasses.asdict(spec)
     if sweep_file.is_file():
         sweep = json.loads(sweep_file.read_text())
+        if _judge_added(sweep, settings, run_dir):
+            sweep["settings"] = settings  # the judge only enters autojudge points, and none has run
         if sweep.get("settings") != settings:
             old, new = sweep.get("settings", {}), settings
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k])
@@ -232,6 +234,20 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     env["sessions"].append(environment(command, spec.threads))
     _write_json(env_file, env)
     return len(env["sessions"]) - 1
+
+
+def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:
+    """True when a resume only adds a judge to a sweep that had none and ran no autojudge point: e.g. target
+    and lossless first, the autojudge thresholds once the judge is trained."""
+    old = sweep.get("settings", {})
+    if old.get("judge") is not None or settings.get("judge") is None:
+        return False
+    if {k: v for k, v in old.items() if k != "judge"} != {k: v for k, v in settings.items() if k != "judge"}:
+        return False
+    return not any(
+        p.get("mode") == "autojudge" and (run_dir / p["name"] / "point.json").is_file()
+        for p in sweep["points"]
+    )
 
 
 def environment(command: str | None = None, threads: int | None = None) -> dict:

@@ -130,6 +130,21 @@ def test_resume_with_other_settings_is_refused(swept, tiny_pair_dirs, tmp_path):
         run_sweep(tiny_spec(tiny_pair_dirs, limit=4), POINTS, run_dir)
 
 
+def test_a_judge_can_join_a_sweep_that_ran_no_autojudge_point(tiny_pair_dirs, tmp_path):
+    """target first, the autojudge thresholds once the judge exists: same sweep, ratios against that target.
+    Another judge once an autojudge point has run is refused."""
+    run_dir = tmp_path / "later-judge"
+    run_sweep(tiny_spec(tiny_pair_dirs, judge=None), POINTS[:1], run_dir)
+    events = []
+    run_sweep(tiny_spec(tiny_pair_dirs), [POINTS[0], POINTS[2]], run_dir, on_event=events.append)
+    assert [(e.point.name, e.status) for e in events if e.status != "start"] == [
+        ("target", "skip"), ("autojudge-t0.5", "done"),
+    ]  # fmt: skip
+    assert json.loads((run_dir / "sweep.json").read_text())["settings"]["judge"] == "accept-all"
+    with pytest.raises(ConfigError, match="judge: 'accept-all' -> 'reject-all'"):
+        run_sweep(tiny_spec(tiny_pair_dirs, judge="reject-all"), POINTS[2:], run_dir)
+
+
 def test_autojudge_without_a_judge_fails_before_anything_runs(tiny_pair_dirs, tmp_path):
     with pytest.raises(ConfigError, match="needs --judge"):
         run_sweep(tiny_spec(tiny_pair_dirs, judge=None), POINTS, tmp_path / "a")
