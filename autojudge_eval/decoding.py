@@ -100,6 +100,7 @@ class StopCriteria:
         return len(tokens)
 
 
+@torch.inference_mode()  # no autograd graph anywhere in decoding (the judge's features included)
 def speculative_generate(
     target: LayerStack,
     drafter,
