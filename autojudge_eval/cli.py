@@ -38,53 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_bench(sub)
     _add_fit_draft(sub)
-    _add_mine(sub)
-    _add_train(sub)
-    _add_sweep(sub)
-    _add_report(sub)
-    _add_regress(sub)
+    for entry in DELEGATED:
+        _add_delegated(sub, *entry)
     _add_cache_data(sub)
     return parser
 
 
-def _add_mine(sub) -> None:
-    from .mining_cli import add_mine_arguments, mine_main
-
-    p = sub.add_parser("mine", help="mine important-token labels (semi-greedy search) with judge features")
-    add_mine_arguments(p)
-    p.set_defaults(func=mine_main)
-
-
-def _add_train(sub) -> None:
-    from .mining_cli import add_train_arguments, train_main
-
-    p = sub.add_parser("train", help="fit a judge (scaler + logistic regression) on mined labels")
-    add_train_arguments(p)
-    p.set_defaults(func=train_main)
+# Subcommands whose arguments and entry point live in their own module: (name, module, stem, help).
+# The module provides add_<stem>_arguments(parser) and <stem>_main(args); it is imported only when listed.
+DELEGATED = (
+    ("mine", "mining_cli", "mine", "mine important-token labels (semi-greedy search) with judge features"),
+    ("train", "mining_cli", "train", "fit a judge (scaler + logistic regression) on mined labels"),
+    ("sweep", "results_cli", "sweep", "run one lm-eval task over methods and thresholds: results/<run-id>/"),
+    ("report", "results_cli", "report", "leaderboard Markdown/HTML/CSV with plots from sweep folders"),
+    ("regress", "results_cli", "regress", "run a small fixed slice and compare it with results/baseline/"),
+)
 
 
-def _add_sweep(sub) -> None:
-    from .results_cli import add_sweep_arguments, sweep_main
+def _add_delegated(sub, name: str, module: str, stem: str, help: str) -> None:
+    from importlib import import_module
 
-    p = sub.add_parser("sweep", help="run one lm-eval task over methods and thresholds: results/<run-id>/")
-    add_sweep_arguments(p)
-    p.set_defaults(func=sweep_main)
-
-
-def _add_report(sub) -> None:
-    from .results_cli import add_report_arguments, report_main
-
-    p = sub.add_parser("report", help="leaderboard Markdown/HTML/CSV with plots from sweep folders")
-    add_report_arguments(p)
-    p.set_defaults(func=report_main)
-
-
-def _add_regress(sub) -> None:
-    from .results_cli import add_regress_arguments, regress_main
-
-    p = sub.add_parser("regress", help="run a small fixed slice and compare it with results/baseline/")
-    add_regress_arguments(p)
-    p.set_defaults(func=regress_main)
+    mod = import_module(f".{module}", __package__)
+    p = sub.add_parser(name, help=help)
+    getattr(mod, f"add_{stem}_arguments")(p)
+    p.set_defaults(func=getattr(mod, f"{stem}_main"))
 
 
 def _add_cache_data(sub) -> None:

@@ -62,7 +62,10 @@ class LayerStack:
         q = hidden.shape[1]
         positions = torch.arange(past, past + q, device=self.device).unsqueeze(0)
         rope = self.rotary_emb(hidden, position_ids=positions)
-        mask = causal_mask(past, q, self.device)
+        return self._layers(hidden, cache, start, end, causal_mask(past, q, self.device), rope, positions)
+
+    def _layers(self, hidden, cache, start: int, end: int, mask, rope, positions) -> torch.Tensor:
+        """Layers ``[start, end)`` on ``hidden`` with a prepared mask, rotary embedding and positions."""
         for layer in self.layers[start:end]:
             out = layer(
                 hidden,
@@ -101,19 +104,10 @@ class LayerStack:
         )
         positions, mask = cache.begin_step(rows)
         rope = self.rotary_emb(hidden, position_ids=positions)
-        low = None
-        for index, layer in enumerate(self.layers):
-            if index == capture:
-                low = hidden[:, 0]
-            out = layer(
-                hidden,
-                attention_mask=mask,
-                position_embeddings=rope,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-            hidden = out[0] if isinstance(out, tuple) else out
+        split = self.num_layers if capture is None else capture
+        hidden = self._layers(hidden, cache, 0, split, mask, rope, positions)
+        low = None if capture is None else hidden[:, 0]
+        hidden = self._layers(hidden, cache, split, self.num_layers, mask, rope, positions)
         cache.end_step(rows)
         normed = self.norm(hidden)[:, 0]
         return normed, self.lm_head(normed), low

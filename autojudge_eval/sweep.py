@@ -252,17 +252,10 @@ def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:
 
 def environment(command: str | None = None, threads: int | None = None) -> dict:
     """Package versions, CPU, threads, git commit (+dirty), command line and UTC date of this process."""
-    import importlib.metadata
-
     import torch
 
     from .records import git_commit
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+    from .records import package_version as version
 
     return {
         "date": _now(),
