@@ -95,7 +95,6 @@ class Miner:
         stop = stopper(n_prompt, task, self.settings.max_new_tokens, self.eos)
         ref = self.runner.rollout(prompt, self._cur, stop)
         walk = _Walk(problem, prompt, ref.tokens[n_prompt:], self.view.start(ref, n_prompt))
-        walk.reference = task.outcome(walk.text)
         while (j := walk.next_mismatch()) is not None:
             self._try(walk, j, stop)
         return walk.result(
@@ -132,16 +131,17 @@ class _Walk:
     prompt: list[int]
     text: list[int]  # the current answer
     preds: list[int]  # the draft's greedy token at every answer position, given the current text before it
-    reference: str = ""  # the outcome of the target's own answer
+    reference: str = field(init=False)  # the outcome of the target's own answer (the first text)
     decided: int = 0  # positions before this one are decided
     valid: int = 0  # the scratch cache agrees with the current text on this many positions
     labels: list[MismatchLabel] = field(default_factory=list)
     draft_rows: list[torch.Tensor] = field(default_factory=list)
     target_rows: list[torch.Tensor] = field(default_factory=list)
-    reference_text: list[int] = field(default_factory=list)
+    reference_text: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.reference_text = list(self.text)
+        self.reference = self.problem.task.outcome(self.text)
 
     def next_mismatch(self) -> int | None:
         return next((i for i in range(self.decided, len(self.text)) if self.preds[i] != self.text[i]), None)
@@ -333,7 +333,8 @@ def compare_no_cache(
                 raise result
             results.append(result)
         seconds = time.perf_counter() - begin
-        results.sort(key=lambda r: [p.id for p in problems].index(r.record.problem_id))
+        order = {p.id: k for k, p in enumerate(problems)}
+        results.sort(key=lambda r: order[r.record.problem_id])
         count = sum(r.record.mismatches for r in results)
         labels[name] = [
             (x.problem_id, x.position, x.draft_token, x.important) for r in results for x in r.labels

@@ -163,7 +163,6 @@ class BatchMiner:
             item.walk = _Walk(
                 item.problem, item.prompt, roll.tokens[n_prompt:], self.view.start(roll, n_prompt)
             )
-            item.walk.reference = item.problem.task.outcome(item.walk.text)
             item.valid = fed_end
         elif item.walk.decide(job.j, roll, self.view, self.piece, job.tick):
             item.valid = job.at  # important: the text is unchanged; the row's tail is the alternative's
