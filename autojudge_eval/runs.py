@@ -88,15 +88,14 @@ def read_point(folder: Path, run_id: str) -> PointResult:
     folder = Path(folder)
     point = json.loads((folder / "point.json").read_text())
     results_file, samples_file = folder / point["results"], folder / point["samples"]
+    task = point["task"]
     try:
         results = json.loads(results_file.read_text())
-        docs = read_doc_speeds(samples_file)
+        metric, accuracy, stderr = primary_metric(results["results"][task])
+        docs, answers = read_samples(samples_file, metric.split(",", 1)[1])
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{folder}: cannot read lm-eval's files ({exc}); rerun this point") from None
-    task = point["task"]
     info = results.get("config", {}).get("autojudge", {})
-    metric, accuracy, stderr = primary_metric(results["results"][task])
-    answers = read_doc_answers(samples_file, metric.split(",", 1)[1])
     p = point["point"]
     return PointResult(
         run_id=run_id, name=point["name"], mode=p["mode"], topk=p.get("topk"), threshold=p.get("threshold"),
@@ -117,12 +116,18 @@ def primary_metric(task_results: dict) -> tuple[str, float | None, float | None]
     return chosen, _number(task_results[chosen]), _number(task_results.get(f"{name}_stderr,{filt}"))
 
 
-def read_doc_speeds(samples_file: Path) -> dict[int, DocSpeed]:
-    """Each document's speed record(s) from lm-eval's samples file (one line per document and filter)."""
+def read_samples(samples_file: Path, filter_name: str) -> tuple[dict[int, DocSpeed], dict[int, str]]:
+    """From lm-eval's samples file (one line per document and filter), in one pass: each document's speed
+    record(s), and its answer after the filter ``filter_name`` (GSM8K: the extracted number; code: the
+    extracted program) as JSON text."""
     docs: dict[int, DocSpeed] = {}
+    answers: dict[int, str] = {}
     for line in Path(samples_file).read_text().splitlines():
         sample = json.loads(line)
-        if sample["doc_id"] in docs:
+        doc = sample["doc_id"]
+        if sample.get("filter", filter_name) == filter_name:
+            answers.setdefault(doc, json.dumps(sample.get("filtered_resps"), sort_keys=True))
+        if doc in docs:
             continue  # the same generation, listed again for another filter
         records = [
             args["arg_2"]["autojudge"]
@@ -130,21 +135,10 @@ def read_doc_speeds(samples_file: Path) -> dict[int, DocSpeed]:
             if isinstance(args.get("arg_2"), dict) and "autojudge" in args["arg_2"]
         ]
         if records:
-            docs[sample["doc_id"]] = DocSpeed(
+            docs[doc] = DocSpeed(
                 sum(r["new_tokens"] for r in records), sum(r["wall_time_s"] for r in records)
             )
-    return docs
-
-
-def read_doc_answers(samples_file: Path, filter_name: str) -> dict[int, str]:
-    """Each document's answer after the filter ``filter_name`` (GSM8K: the extracted number; code: the
-    extracted program), as JSON text, from lm-eval's samples file."""
-    answers: dict[int, str] = {}
-    for line in Path(samples_file).read_text().splitlines():
-        sample = json.loads(line)
-        if sample.get("filter", filter_name) == filter_name:
-            answers.setdefault(sample["doc_id"], json.dumps(sample.get("filtered_resps"), sort_keys=True))
-    return answers
+    return docs, answers
 
 
 def agreement(point: PointResult, target: PointResult | None) -> float | None:
