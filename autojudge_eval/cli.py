@@ -108,9 +108,17 @@ def _add_bench(sub) -> None:
     p.add_argument("--window", type=int, default=4, help="draft tokens per cycle (K)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument(
-        "--judge", default=None, help="judge file; default: a stand-in that accepts every mismatch"
+        "--judge",
+        default=None,
+        help="judge folder, or 'gsm8k' (default: the shipped GSM8K judge for the pair when there is one, "
+        "else a stand-in that accepts every mismatch)",
     )
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="accept a mismatch when P(important) < this (default: the judge card's, else 0.5)",
+    )
     p.add_argument("--no-hf", action="store_true", help="skip the HF generate reference")
     p.add_argument(
         "--json", action="store_true", help="also print the results as one JSON object on the last line"
@@ -159,16 +167,28 @@ def cmd_bench(args) -> int:
         args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype
     )
     cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
-    judge, features = None, "DD-DT"
-    if args.judge:
-        from .judge import load_judge
+    from .errors import JudgeArtifactError
+    from .judge import load_judge, shipped_judge
 
-        loaded = load_judge(args.judge, pair)
+    judge, features, judge_path = None, "DD-DT", args.judge
+    if judge_path in (None, "gsm8k"):
+        try:
+            judge_path = str(shipped_judge("gsm8k", pair.name))
+        except JudgeArtifactError as exc:
+            if args.judge:
+                raise
+            print(f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch", file=sys.stderr)
+            judge_path = None
+    if judge_path:
+        loaded = load_judge(judge_path, pair)
         judge, features = loaded, loaded.features
+    threshold = args.threshold if args.threshold is not None else (judge and judge.threshold) or 0.5
     prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
     report = run_bench(
-        pair, prompts, cfg, judge=judge, features=features, threshold=args.threshold, with_hf=not args.no_hf
+        pair, prompts, cfg, judge=judge, features=features, threshold=threshold, with_hf=not args.no_hf
     )
+    if judge_path:
+        report["config"]["judge"] = judge_path
     report["config"]["command"] = "autojudge-eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report["config"]["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(format_bench(report))

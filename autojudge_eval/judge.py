@@ -195,3 +195,44 @@ def check_pair(judge: Judge, pair, *, allow_other_pair: bool = False) -> None:
                 f"judge was trained for pair {card.get('pair')!r}, not {pair.name!r}: {fix}"
             )
         log.warning("judge trained for pair %r used with %r", card.get("pair"), pair.name)
+
+
+# --- judges shipped in the checkout's judges/<task>/<pair>/<features>/ --------------------------------------
+SHIPPED_TASKS = ("gsm8k", "livecodebench")
+
+
+def pair_slug(name: str) -> str:
+    """A pair name as a folder name (``judges/<task>/<slug>/``, ``mined/<task>/<slug>/``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+
+
+def judges_roots() -> list[Path]:
+    """Where shipped judges live: ``./judges`` first, then the checkout the package was imported from."""
+    roots = [Path.cwd() / "judges", Path(__file__).resolve().parents[1] / "judges"]
+    return [
+        r for i, r in enumerate(roots) if r.is_dir() and r.resolve() not in {x.resolve() for x in roots[:i]}
+    ]
+
+
+def shipped_judge(task: str, pair_name: str, features: str | None = None) -> Path:
+    """The shipped judge folder for ``task`` and this pair (``features``: DD-DT first, else any).
+
+    Raises JudgeArtifactError naming what is shipped for the task when there is none for the pair."""
+    if task not in SHIPPED_TASKS:
+        raise JudgeArtifactError(
+            f"no shipped judges for task {task!r}; tasks with judges: {', '.join(SHIPPED_TASKS)}"
+        )
+    order = [features] if features else ["DD-DT", *sorted(set(FEATURE_SETS) - {"DD-DT"})]
+    for root in judges_roots():
+        for name in order:
+            folder = root / task / pair_slug(pair_name) / name
+            if (folder / WEIGHTS).is_file() and (folder / CARD).is_file():
+                return folder
+    shipped = sorted(
+        {p.parent.parent.name for root in judges_roots() for p in (root / task).glob("*/*/" + CARD)}
+    )
+    raise JudgeArtifactError(
+        f"no shipped {task} judge for pair {pair_name!r}"
+        + (f" (shipped for: {', '.join(shipped)})" if shipped else "")
+        + "; train one with `autojudge-eval mine` + `autojudge-eval train`, or pass judge=PATH"
+    )

@@ -25,6 +25,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm import tqdm
 
 from .errors import ConfigError
+from .judge import SHIPPED_TASKS, load_judge, shipped_judge
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class AutojudgeLM(TemplateLM):
         draft = None if draft == AUTO else "none" if draft in (None, "none") else str(draft)
         self.pair = load_pair(str(target), draft, device=device, dtype=dtype, draft_dtype=draft_dtype)
         self.tokenizer, self.model = self.pair.tokenizer, self.pair.stack.model
+        if judge in SHIPPED_TASKS:  # judge=gsm8k: the judge shipped in judges/gsm8k/ for this pair
+            judge = str(shipped_judge(judge, self.pair.name))
         self.decode, self.rule = _decoding(settings, mode, judge, threshold is not None, self.pair)
         self.judge_name = judge or "none"
         self._max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
@@ -320,15 +323,6 @@ def _decoding(settings, mode: str | None, judge: str | None, threshold_given: bo
     if judge in CONSTANT_JUDGES:
         fn, features, own_threshold = constant_judge(CONSTANT_JUDGES[judge]), "DT", None
     else:
-        try:
-            from .judge import load_judge
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.judge":
-                raise
-            raise ConfigError(
-                "judge files are not supported by this version yet (autojudge_eval.judge is missing); "
-                "use judge=accept-all or judge=reject-all"
-            ) from None
         fn = load_judge(judge, pair)
         features, own_threshold = fn.features, fn.threshold
     if not threshold_given and own_threshold is not None:
@@ -359,12 +353,14 @@ def _check_args(judge, mode: str | None, others: dict) -> str | None:
         raise ConfigError(f"judge= applies to mode=autojudge only, not mode={mode}; drop one of the two")
     if mode == "autojudge" and not judge:
         raise ConfigError(
-            "mode=autojudge needs judge=PATH (or the stand-ins judge=accept-all / judge=reject-all)"
+            "mode=autojudge needs judge=PATH or judge=gsm8k / judge=livecodebench (the shipped judges), "
+            "or the stand-ins judge=accept-all / judge=reject-all"
         )
-    if judge and judge not in CONSTANT_JUDGES and not Path(judge).exists():
+    if judge and judge not in (*CONSTANT_JUDGES, *SHIPPED_TASKS) and not Path(judge).exists():
         raise ConfigError(
             f"judge file not found: {judge}; pass a judge folder (or its .safetensors file) from "
-            "`autojudge-eval train`, or judge=accept-all / judge=reject-all (constant stand-ins)"
+            f"`autojudge-eval train`, a benchmark with a shipped judge ({', '.join(SHIPPED_TASKS)}), "
+            "or judge=accept-all / judge=reject-all (constant stand-ins)"
         )
     return judge
 

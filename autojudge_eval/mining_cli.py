@@ -80,6 +80,7 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
 
 def mine_main(args) -> int:
     from .drafting import SelfDrafter
+    from .judge import pair_slug
     from .mining import MineSettings, compare_no_cache, make_miner, run_mining
     from .pair import load_pair
     from .records import distributed_rank, parse_shard, provenance
@@ -93,7 +94,7 @@ def mine_main(args) -> int:
     )
     if settings.rows < 1:
         raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
-    out = Path(args.out) if args.out else Path("mined") / args.task / slug(pair.name)
+    out = Path(args.out) if args.out else Path("mined") / args.task / pair_slug(pair.name)
     problems, data, criterion = _problems(args, pair.tokenizer, out)
     index, count = parse_shard(args.shard)
     rank, world = distributed_rank()
@@ -238,6 +239,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_main(args) -> int:
+    from .judge import pair_slug
     from .records import provenance, read_mined
     from .training import fit_judge, training_data
 
@@ -258,7 +260,7 @@ def train_main(args) -> int:
     out = (
         Path(args.out)
         if args.out
-        else Path("judges") / str(data.meta["task"]) / slug(str(data.meta["pair"])) / args.features
+        else Path("judges") / str(data.meta["task"]) / pair_slug(str(data.meta["pair"])) / args.features
     )
     weights = judge.save(out)
     print(format_training(judge.card, weights))
@@ -284,10 +286,6 @@ def format_training(card: dict, weights: Path) -> str:
         f"saved {weights} (+ {weights.with_suffix('.json').name}); default threshold {card['threshold']:.4f}"
     )
     return "\n".join(lines)
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
 
 
 def _command() -> str:

@@ -334,15 +334,29 @@ def provenance() -> dict:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` when files changed), or None outside a git checkout."""
+    """The checkout's commit (with ``+dirty`` when files changed), or None outside a git checkout.
+
+    Looks beside the imported package first (an editable install), then in the working directory when it
+    is a checkout of this project (tox and CI install a built wheel and run from the checkout).
+    """
     here = Path(__file__).resolve().parent
+    for where in (here, Path.cwd()):
+        if where != here and not (where / "autojudge_eval" / "records.py").is_file():
+            continue
+        commit = _git_commit_at(where)
+        if commit:
+            return commit
+    return None
+
+
+def _git_commit_at(where: Path) -> str | None:
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
+            cwd=where,
             capture_output=True,
             text=True,
             timeout=5,
@@ -350,7 +364,7 @@ def git_commit() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return head + ("+dirty" if dirty else "")
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -135,23 +136,15 @@ def add_regress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default=str(BASELINE_DIR / "baseline.json"), help="baseline numbers (JSON)")
     p.add_argument("--update", action="store_true", help="rewrite the baseline from this run (deliberately)")
     p.add_argument(
-        "--out", default=None, help="folder for this run's sweeps (default: a new temporary folder)"
+        "--out",
+        default=None,
+        help="folder for this run's sweeps (default: a temporary folder, removed when the gate passes)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
 
 
 def regress_main(args) -> int:
-    from .regress import (
-        compare,
-        format_checks,
-        format_values,
-        load_config,
-        make_baseline,
-        read_baseline,
-        run_slice,
-        slice_difference,
-        write_baseline,
-    )
+    from .regress import load_config, read_baseline, slice_difference
 
     config = load_config(Path(args.config))
     if args.update:  # the old baseline, if any, only to show what changes
@@ -164,6 +157,18 @@ def regress_main(args) -> int:
         print("Rerun with --update to record a new baseline deliberately.", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="autojudge-regress-"))
+    status = _regress(args, config, baseline, out)
+    if not args.out:
+        if status == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            print(f"regress: this run's sweeps are kept in {out}", file=sys.stderr)
+    return status
+
+
+def _regress(args, config, baseline, out: Path) -> int:
+    from .regress import compare, format_checks, format_values, make_baseline, run_slice, write_baseline
+
     threads = args.threads or config.threads
     print(f"regress: {len(config.tasks)} task(s) into {out}, {threads} thread(s)", flush=True)
     clock = time.perf_counter()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import tiny_models
+import torch
 
 from autojudge_eval.cli import main
 
@@ -33,6 +35,33 @@ def test_bench_accepts_a_draft_dtype(tiny_pair_dirs, data_dir, capsys):
     )  # fmt: skip
     assert code == 0
     assert "@bfloat16" in capsys.readouterr().out
+
+
+def test_bench_uses_the_shipped_judge_for_the_pair(tiny_pair_dirs, data_dir, tmp_path, monkeypatch, capsys):
+    from autojudge_eval.judge import Judge, pair_slug
+
+    target, draft = (p.resolve() for p in tiny_pair_dirs)
+    args = ["bench", "--target", str(target), "--draft", str(draft), "--data", str(data_dir / "gsm8k")]
+    args += ["--limit", "1", "--max-new-tokens", "8", "--no-hf", "--json"]
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0  # none shipped for this pair: the stand-in, said on stderr
+    out, err = capsys.readouterr()
+    assert "no shipped gsm8k judge" in err and "stand-in" in err
+    assert json.loads(out.splitlines()[-1])["config"]["judge"].startswith("stand-in")
+
+    pair = f"{target}|{draft}"
+    card = {
+        "features": "DT",
+        "target_hidden_size": 64,
+        "draft_hidden_size": 64,
+        "pair": pair,
+        "threshold": 0.25,
+    }
+    folder = tmp_path / "judges" / "gsm8k" / pair_slug(pair) / "DT"
+    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(folder)
+    assert main(args) == 0
+    config = json.loads(capsys.readouterr().out.splitlines()[-1])["config"]
+    assert Path(config["judge"]).resolve() == folder.resolve() and config["threshold"] == 0.25
 
 
 def test_bad_spec_is_a_one_line_error(capsys):

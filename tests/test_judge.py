@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from autojudge_eval.acceptance import JudgeAccept, Mismatch
 from autojudge_eval.errors import JudgeArtifactError
-from autojudge_eval.judge import CARD, WEIGHTS, Judge, load_judge
+from autojudge_eval.judge import CARD, WEIGHTS, Judge, load_judge, pair_slug, shipped_judge
 from autojudge_eval.training import export_judge, fit_scaled_lr
 
 HD, HT = 6, 10  # draft and target hidden sizes
@@ -112,3 +113,30 @@ def test_loading_refuses_a_pickle_renamed_to_safetensors(tmp_path):
         load_judge(folder)
     with pytest.raises(JudgeArtifactError, match="expected a judge folder"):
         load_judge(tmp_path / "nowhere")
+
+
+def test_shipped_judge_is_found_by_task_and_pair(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JudgeArtifactError, match=r"no shipped gsm8k judge for pair 'tiny\|tiny-draft'"):
+        shipped_judge("gsm8k", PAIR.name)
+    folder = _saved(tmp_path / "judges" / "gsm8k" / pair_slug(PAIR.name) / "DD-DT")
+    assert shipped_judge("gsm8k", PAIR.name).resolve() == folder.resolve()
+    with pytest.raises(
+        JudgeArtifactError,
+        match=r"no shipped gsm8k judge for pair 'other\|pair' \(shipped for: (.*, )?tiny_tiny-draft\)",
+    ):
+        shipped_judge("gsm8k", "other|pair")
+    with pytest.raises(JudgeArtifactError, match="no shipped judges for task 'mmlu'"):
+        shipped_judge("mmlu", PAIR.name)
+
+
+def test_committed_judges_load_and_sit_in_their_pairs_folder():
+    """Every judge in the checkout's judges/ is a valid safetensors + card, filed under its task and pair."""
+    root = Path(__file__).resolve().parents[1] / "judges"
+    cards = sorted(root.glob("*/*/*/" + CARD))
+    assert cards, "the GSM8K judge for the default pair is committed"
+    for card in cards:
+        judge = load_judge(card.parent)
+        task, pair, features = card.parent.relative_to(root).parts
+        assert (task, pair, features) == (judge.card["task"], pair_slug(judge.card["pair"]), judge.features)
+        assert judge.threshold is not None and judge.card["data"]["problems"] > 0

@@ -105,6 +105,24 @@ def test_doctored_baseline_fails_with_a_readable_diff(gate, tmp_path, capsys):
     assert "regress: FAILED: 3 of 8 checks out of tolerance" in out
 
 
+def test_default_out_is_removed_when_the_gate_passes_and_kept_when_it_fails(
+    gate, tmp_path, monkeypatch, capsys
+):
+    root, base = gate
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    assert cli.main(base) == 0
+    assert list(temp.iterdir()) == []
+
+    doctored = json.loads((root / "baseline.json").read_text())
+    doctored["tasks"]["autojudge_tiny"]["points"]["target"]["accuracy"] += 0.5
+    (tmp_path / "baseline.json").write_text(json.dumps(doctored))
+    assert cli.main([*base[:-1], str(tmp_path / "baseline.json")]) == 1
+    (kept,) = temp.iterdir()
+    assert f"sweeps are kept in {kept}" in capsys.readouterr().err
+
+
 def test_missing_judge_skips_the_autojudge_point(gate, tmp_path, capsys):
     root, base = gate
     moved = tmp_path / "judge-elsewhere"
