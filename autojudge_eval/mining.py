@@ -246,7 +246,7 @@ def run_mining(
     totals = {"problems": 0, "mismatches": 0, "important": 0, "seconds": 0.0, "failed": []}
     quiet = {} if progress else {"disable": True}  # when shown, TQDM_DISABLE can still turn it off
     bar = tqdm(total=len(mine), desc=f"mine {header.get('task', '')}", unit="problem", **quiet)
-    begin = time.perf_counter()
+    begin = committed = time.perf_counter()
     for problem, result in miner.mine_many(mine):
         bar.update()
         if isinstance(result, Exception):
@@ -255,7 +255,9 @@ def run_mining(
             continue
         writer.add(result.record, result.labels, result.draft_hidden, result.target_hidden)
         if writer.pending >= checkpoint_every:
-            writer.checkpoint()
+            now = time.perf_counter()
+            writer.checkpoint(wall_seconds=now - committed)  # in-flight work lands in the next checkpoint
+            committed = now
         _count(totals, result.record)
         totals["seconds"] = time.perf_counter() - begin
         bar.set_postfix(
@@ -264,7 +266,7 @@ def run_mining(
             per_min=f"{60 * totals['mismatches'] / max(totals['seconds'], 1e-9):.0f}",
         )
     totals["seconds"] = time.perf_counter() - begin
-    writer.checkpoint()
+    writer.checkpoint(wall_seconds=time.perf_counter() - committed)
     bar.close()
     return summarize(totals, writer.manifest, folder, skipped=len(done))
 

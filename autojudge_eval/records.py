@@ -79,7 +79,7 @@ class ProblemRecord:
     important: int
     continuation_tokens: int
     target_forwards: int
-    seconds: float
+    seconds: float  # from its start to its end; batched problems overlap, so these do not add up to wall time
     shard: str = ""
 
     @classmethod
@@ -149,8 +149,11 @@ class PartWriter:
         self._draft.append(draft.float().cpu())
         self._target.append(target.float().cpu())
 
-    def checkpoint(self) -> None:
-        """Commit the buffered problems: shard, then JSONL lines, then the manifest."""
+    def checkpoint(self, wall_seconds: float | None = None) -> None:
+        """Commit the buffered problems: shard, then JSONL lines, then the manifest.
+
+        ``wall_seconds``: the wall time spent on them, added to the part's ``counts.seconds`` (default: the
+        problems' own seconds, right only when they ran one after another)."""
         if not self._problems:
             return
         shard = ""
@@ -178,7 +181,8 @@ class PartWriter:
         counts["problems"] += len(self._problems)
         counts["mismatches"] += len(self._labels)
         counts["important"] += sum(label.important for label in self._labels)
-        counts["seconds"] = round(counts["seconds"] + sum(p.seconds for p in self._problems), 3)
+        spent = sum(p.seconds for p in self._problems) if wall_seconds is None else wall_seconds
+        counts["seconds"] = round(counts["seconds"] + spent, 3)
         self.manifest.update(self.header, updated=_now())
         atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
         self._labels, self._problems, self._draft, self._target = [], [], [], []

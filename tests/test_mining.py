@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,18 @@ def test_batched_mining_equals_the_sequential_search(rows, target, drafters):
         torch.testing.assert_close(got[pid].target_hidden, want.target_hidden, atol=1e-4, rtol=1e-4)
         labels += len(want.labels)
     assert labels > 5 and any(not x.important for r in got.values() for x in r.labels)
+
+
+def test_part_seconds_are_wall_time_when_problems_overlap(tmp_path, target, drafters):
+    """Batched problems run side by side: the part's seconds are the run's wall time, not the sum of theirs."""
+    problems = [Problem(f"p{i}", p, MOD3) for i, p in enumerate(prompts(4))]
+    miner = BatchMiner(target, drafters["self"], [EOS], MineSettings(MAX_NEW, rows=4))
+    clock = time.perf_counter()
+    summary = run_mining(miner, problems, tmp_path, HEADER, checkpoint_every=2, progress=False)
+    wall = time.perf_counter() - clock
+    own = sum(json.loads(line)["seconds"] for line in (tmp_path / "part-00-of-01" / "problems.jsonl").open())
+    assert summary["part_totals"]["problems"] == 4
+    assert summary["part_totals"]["seconds"] <= wall < own  # four problems in flight at once overlap
 
 
 def test_batched_mining_needs_a_self_draft(target, drafters):
