@@ -25,13 +25,17 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm import tqdm
 
 from .errors import ConfigError
+from .interleave import check_interleave_args, method_name, open_replay, request_key
 from .judge import SHIPPED_TASKS, load_judge, shipped_judge
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 CONSTANT_JUDGES = {"accept-all": 0.0, "reject-all": 1.0}  # stand-ins: P(important) fixed at 0 or 1
-KNOWN_ARGS = "target pretrained draft judge threshold window mode topk dtype draft_dtype device max_length max_gen_toks"
+KNOWN_ARGS = (
+    "target pretrained draft judge threshold window mode topk dtype draft_dtype device max_length max_gen_toks "
+    "interleave interleave_dir replay"
+)
 GREEDY_HELP = "until, max_gen_toks, do_sample=False, temperature=0, num_beams=1 (top_p/top_k have no effect)"
 GREEDY_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "num_beams", "top_p", "top_k"}
 IGNORED_ARGS = ("trust_remote_code",)  # lm-eval's, meaningless here: nothing runs code from the hub
@@ -58,6 +62,9 @@ class AutojudgeLM(TemplateLM):
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         pretrained: str | None = None,
+        interleave: str | None = None,
+        interleave_dir: str | None = None,
+        replay: str | None = None,
         **others,
     ) -> None:
         super().__init__()
@@ -69,11 +76,14 @@ class AutojudgeLM(TemplateLM):
         from .config import DecodeConfig
         from .pair import load_pair
 
-        judge = _check_args(judge, mode, others)
+        also = check_interleave_args(interleave, interleave_dir, replay, mode)
+        judge = _check_args(judge, mode, others, judged_points=any(m.startswith("autojudge") for m in also))
         given = dict(mode=mode, window=window, topk=topk, threshold=threshold, max_new_tokens=max_gen_toks)
         # validated before any model loads
         settings = DecodeConfig.build(**{k: v for k, v in given.items() if v is not None})
         self._rank, self._world_size, device = _distributed(device or AUTO)
+        if also and self._world_size > 1:
+            raise ConfigError("interleave= runs in one process; drop it or run without accelerate/torchrun")
         draft = None if draft == AUTO else "none" if draft in (None, "none") else str(draft)
         self.pair = load_pair(str(target), draft, device=device, dtype=dtype, draft_dtype=draft_dtype)
         self.tokenizer, self.model = self.pair.tokenizer, self.pair.stack.model
@@ -81,6 +91,15 @@ class AutojudgeLM(TemplateLM):
             judge = str(shipped_judge(judge, self.pair.name))
         self.decode, self.rule = _decoding(settings, mode, judge, threshold is not None, self.pair)
         self.judge_name = judge or "none"
+        self.replay = open_replay(replay, method_name(self.decode), self.decode.mode) if replay else None
+        self.interleaved = None
+        if also:
+            from .interleave import OutputStore
+
+            points = {method_name(self.decode): (self.decode, self.rule)}
+            points.update({name: _point(settings, name, judge, self.pair) for name in also})
+            self.interleaved = (points, OutputStore(interleave_dir, list(points)))
+        self._served = 0  # generation requests so far: the interleaved order rotates with it
         self._max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.batch_size = _batch_size(batch_size, max_batch_size)  # scoring only; generation is 1 by 1
         self.speed = lm_cli.SpeedLog()
@@ -106,11 +125,17 @@ class AutojudgeLM(TemplateLM):
         from . import __version__
 
         d, dtype = self.decode, str(self.pair.target.dtype).replace("torch.", "")
-        return {
+        out = {
             "version": __version__, "pair": self.pair.name, "mode": d.mode, "window": d.window,
             "topk": d.topk, "threshold": d.threshold, "judge": self.judge_name, "device": str(self.device),
             "dtype": dtype, "max_length": self.max_length, "world_size": self.world_size,
         }  # fmt: skip
+        if self.replay is not None:
+            out["speed_from"] = f"interleaved pass: {self.replay.path}"
+        if self.interleaved is not None:
+            points, store = self.interleaved
+            out["interleaved_with"] = {"methods": list(points)[1:], "dir": str(store.folder)}
+        return out
 
     def _quiet(self, disable_tqdm: bool) -> bool:
         """No bar on ranks other than 0, when lm-eval asks, or when ``TQDM_DISABLE`` is set (as in CI)."""
@@ -161,18 +186,46 @@ class AutojudgeLM(TemplateLM):
         first, texts = len(self.speed.records), {}
         for req in tqdm(unique.values(), desc="autojudge generate", disable=self._quiet(disable_tqdm)):
             context, gen_kwargs = req.args[0], req.args[1]
-            cfg = request_config(self.decode, gen_kwargs)
-            tokens, stats = self.pair.generate(self._prompt_ids(context, cfg.max_new_tokens), cfg, self.rule)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            for stop in filter(None, cfg.stop):
-                text = text.split(stop)[0]
-            record = self.speed.add_generation(req.task_name, stats, cfg.mode)
+            if self.replay is not None:
+                text, record = self.replay.get(request_key(context, gen_kwargs), context)
+            elif self.interleaved is not None:
+                text, record = self._interleave(context, gen_kwargs)
+            else:
+                text, record = self._generate(context, gen_kwargs, self.decode, self.rule)
+            self._served += 1
+            self.speed.add("generate_until", req.task_name, record)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             if attach:
                 req.arguments = (*req.arguments, {"autojudge": record})
             texts[id(req)] = text
         self._gather_speed(first)
         return [texts[id(r)] for r in requests]
+
+    def _generate(self, context: str, gen_kwargs: dict, decode, rule) -> tuple[str, dict]:
+        """Decode one request with ``decode`` (and the judge's ``rule``): its text and speed record."""
+        from .lm_cli import generation_record
+
+        cfg = request_config(decode, gen_kwargs)
+        tokens, stats = self.pair.generate(self._prompt_ids(context, cfg.max_new_tokens), cfg, rule)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in filter(None, cfg.stop):
+            text = text.split(stop)[0]
+        return text, generation_record(stats, cfg.mode)
+
+    def _interleave(self, context: str, gen_kwargs: dict) -> tuple[str, dict]:
+        """Every point decodes the request back to back (order rotating per request), or, on a resumed pass,
+        the stored results when every point has one; returns this run's own point's."""
+        from .interleave import rotation
+
+        points, store = self.interleaved
+        key = request_key(context, gen_kwargs)
+        results = store.complete(key)
+        if results is None:
+            results = {}
+            for name in rotation(list(points), self._served):
+                results[name] = self._generate(context, gen_kwargs, *points[name])
+            store.add(key, {name: results[name] for name in points})
+        return results[next(iter(points))]
 
     def _prompt_ids(self, context: str, max_new: int) -> list[int]:
         ids = self.tok_encode(context) or [self.prefix_token_id]
@@ -341,7 +394,19 @@ def _target(target: str, pretrained: str | None) -> str:
     return str(pretrained)
 
 
-def _check_args(judge, mode: str | None, others: dict) -> str | None:
+def _point(settings, name: str, judge: str | None, pair):
+    """(DecodeConfig, rule) of one interleaved method, e.g. ``topk-4`` or ``autojudge-t0.3``."""
+    from .interleave import parse_method
+
+    method = parse_method(name)
+    given = {k: v for k in ("topk", "threshold") if (v := method[k]) is not None}
+    base = dataclasses.replace(settings, **given)
+    return _decoding(
+        base, method["mode"], judge if method["mode"] == "autojudge" else None, "threshold" in given, pair
+    )
+
+
+def _check_args(judge, mode: str | None, others: dict, *, judged_points: bool = False) -> str | None:
     """Fail on unknown keys and judge settings that cannot work, before any model loads; return the judge."""
     unknown = sorted(set(others) - set(IGNORED_ARGS))
     if unknown:
@@ -349,7 +414,7 @@ def _check_args(judge, mode: str | None, others: dict) -> str | None:
             f"unknown model_args {', '.join(unknown)}; the autojudge backend takes: {KNOWN_ARGS}"
         )
     judge = None if judge in (None, "none") else str(judge)
-    if judge and mode not in (None, "autojudge"):
+    if judge and mode not in (None, "autojudge") and not judged_points:
         raise ConfigError(f"judge= applies to mode=autojudge only, not mode={mode}; drop one of the two")
     if mode == "autojudge" and not judge:
         raise ConfigError(

@@ -168,10 +168,14 @@ def _run_summary(run: Path) -> dict:
     env = json.loads((run / "env.json").read_text()) if (run / "env.json").is_file() else {"sessions": []}
     first = env["sessions"][0] if env["sessions"] else {}
     versions = first.get("versions", {})
+    sweep = json.loads((run / "sweep.json").read_text()) if (run / "sweep.json").is_file() else {}
+    interleaved = bool(sweep.get("settings", {}).get("interleave"))
     return {
         "run": run.name, "path": str(run), "cpu": first.get("cpu"), "threads": first.get("torch_threads"),
         "git": first.get("git"), "date": first.get("date"), "sessions": len(env["sessions"]),
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        "timing": "methods timed back to back per request (interleaved)" if interleaved
+        else "points timed one after another",
     }  # fmt: skip
 
 
@@ -236,7 +240,7 @@ def _caption(rows: pd.DataFrame) -> str:
 def _run_line(r: dict, md: bool = False) -> str:
     text = (
         f"{r['run']}: {r['cpu']}, torch threads {r['threads']}, git {r['git']}, started {r['date']}"
-        f" ({r['sessions']} session{'s' if r['sessions'] != 1 else ''}); {r['versions']}"
+        f" ({r['sessions']} session{'s' if r['sessions'] != 1 else ''}); {r['timing']}; {r['versions']}"
     )
     return f"- {text}" if md else html.escape(text)
 

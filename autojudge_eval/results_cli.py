@@ -65,6 +65,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--gen-kwargs", default=None, help="lm-eval --gen_kwargs, e.g. max_gen_toks=256")
     p.add_argument("--model-args", default=None, help="more backend model_args, e.g. dtype=bfloat16")
+    p.add_argument(
+        "--interleave", action="store_true",
+        help="time every method back to back per request inside the target run (robust ratios on a busy "
+        "machine; resumes per request); the other points replay its outputs through lm-eval",
+    )  # fmt: skip
 
 
 def sweep_main(args) -> int:
@@ -79,7 +84,7 @@ def sweep_main(args) -> int:
         task=args.task, target=args.target, draft=args.draft, judge=args.judge, window=args.window,
         limit=args.limit, include_path=args.include_path, gen_kwargs=args.gen_kwargs,
         apply_chat_template=args.task.startswith("autojudge_gsm8k") if chat is None else chat,
-        model_args=args.model_args, threads=args.threads,
+        model_args=args.model_args, threads=args.threads, interleave=args.interleave,
     )  # fmt: skip
     points = method_points(methods, topks=args.topk, thresholds=args.thresholds)
     run_dir = Path(args.out) / (args.run_id or default_run_id(args.task))

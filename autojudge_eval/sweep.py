@@ -93,9 +93,10 @@ class SweepSpec:
     gen_kwargs: str | None = None  # lm-eval's --gen_kwargs, e.g. "max_gen_toks=128"
     model_args: str | None = None  # more backend model_args, e.g. "dtype=bfloat16"
     threads: int | None = None  # torch CPU threads (OMP_NUM_THREADS in the commands)
+    interleave: bool = False  # every method timed back to back in the target point's run; others replay it
 
-    def call(self, point: MethodPoint, output_path: Path) -> LmEvalCall:
-        """The lm-eval invocation of one point."""
+    def call(self, point: MethodPoint, output_path: Path, extra: dict | None = None) -> LmEvalCall:
+        """The lm-eval invocation of one point (``extra``: more model_args, e.g. the interleaving ones)."""
         from lm_eval.utils import simple_parse_args_string
 
         if point.mode == "autojudge" and not self.judge:
@@ -114,6 +115,7 @@ class SweepSpec:
             args["judge"] = self.judge
             if point.threshold is not None:
                 args["threshold"] = point.threshold
+        args.update(extra or {})
         args.update(simple_parse_args_string(self.model_args or ""))
         env = {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
         if self.threads:
@@ -158,6 +160,7 @@ def run_sweep(
         import torch
 
         torch.set_num_threads(spec.threads)
+    extras = _interleaving(spec, points, run_dir) if spec.interleave else {}
     folders = []
     for index, point in enumerate(points, 1):
         folder = run_dir / point.name
@@ -169,9 +172,45 @@ def run_sweep(
             log.info("redoing %s: it has no %s (cut off)", folder, POINT_FILE)
             shutil.rmtree(folder)
         _emit(on_event, PointEvent(index, len(points), point, "start", folder))
-        seconds = _run_point(spec, point, folder, session)
+        seconds = _run_point(spec, point, folder, session, extras.get(point.name))
         _emit(on_event, PointEvent(index, len(points), point, "done", folder, seconds))
     return folders
+
+
+INTERLEAVED = "interleaved"  # run_dir/interleaved/<point>.jsonl: each method's texts and speed records
+
+
+def _interleaving(spec: SweepSpec, points: list[MethodPoint], run_dir: Path) -> dict[str, dict]:
+    """The model_args that interleave a sweep: the target point decodes every method per request (its run
+    times them all, back to back); every other point replays its file. Points must start with target.
+
+    A finished pass that lacks a point asked for now is redone with all of them, and so are the replays, so
+    every speed in the sweep comes from one pass."""
+    names = [p.name for p in points]
+    if names[:1] != ["target"]:
+        raise ConfigError(
+            "--interleave times every method inside the target run: put target first in --methods"
+        )
+    folder = run_dir / INTERLEAVED
+    others = names[1:]
+    if (run_dir / "target" / POINT_FILE).is_file():
+        done = json.loads((run_dir / "target" / POINT_FILE).read_text()).get("interleaved_with", [])
+        if set(others) - set(done):
+            log.info(
+                "interleaved pass lacks %s: redoing every point", ", ".join(sorted(set(others) - set(done)))
+            )
+            for name in names:
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+    extras = (
+        {"target": {"interleave": "|".join(others), "interleave_dir": _display_path(folder)}}
+        if others
+        else {}
+    )
+    if others and spec.judge and any(p.mode == "autojudge" for p in points):
+        extras["target"]["judge"] = spec.judge
+    for name in others:
+        extras[name] = {"replay": _display_path(folder / f"{name}.jsonl")}
+    return extras
 
 
 def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
@@ -180,10 +219,14 @@ def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
         raise ConfigError(f"repeated method points: {', '.join(names)}")
     if any(p.mode == "autojudge" for p in points) and not spec.judge:
         raise ConfigError("method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)")
+    if spec.interleave and names[:1] != ["target"]:
+        raise ConfigError(
+            "--interleave times every method inside the target run: put target first in --methods"
+        )
 
 
-def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int) -> float:
-    call = spec.call(point, folder)
+def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, extra: dict | None) -> float:
+    call = spec.call(point, folder, extra)
     started, clock = _now(), time.perf_counter()
     call.run()
     seconds = time.perf_counter() - clock
@@ -205,6 +248,10 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int) 
         "finished": _now(),
         "seconds": round(seconds, 3),
     }
+    if extra and "interleave" in extra:
+        record["interleaved_with"] = extra["interleave"].split("|")
+    if extra and "replay" in extra:
+        record["speed_from"] = extra["replay"]
     _write_json(folder / POINT_FILE, record)  # last: the finished marker
     return seconds
 

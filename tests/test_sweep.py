@@ -192,3 +192,42 @@ def test_cli_sweep_prints_a_line_per_point(tiny_pair_dirs, tmp_path, capsys):
     assert "[1/2] target: exact_match" in out and "(1.00x target)" in out
     assert "[2/2] lossless: exact_match" in out and "accepted/cycle" in out
     assert "--run-id cli-run" in out and (tmp_path / "cli-run" / "lossless" / "point.json").is_file()
+
+
+def test_interleaved_sweep_scores_what_separate_runs_score(swept, tiny_pair_dirs, tmp_path):
+    """--interleave: the target run decodes every method per request; the other points replay its files
+    through lm-eval. Same responses and scores as the separate runs; speeds from the one pass."""
+    plain, _ = swept
+    run_dir = tmp_path / "inter"
+    run_sweep(tiny_spec(tiny_pair_dirs, interleave=True), POINTS, run_dir, command="test")
+    assert sorted(p.name for p in (run_dir / "interleaved").iterdir()) == [
+        "autojudge-t0.5.jsonl", "lossless.jsonl", "target.jsonl",
+    ]  # fmt: skip
+    target = json.loads((run_dir / "target" / "point.json").read_text())
+    assert target["interleaved_with"] == ["lossless", "autojudge-t0.5"]
+    assert "interleave=lossless|autojudge-t0.5" in target["command"]
+    for name in ("target", "lossless", "autojudge-t0.5"):
+        got = {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(run_dir / name)}
+        assert got == {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(plain / name)}
+    lossless = json.loads((run_dir / "lossless" / "point.json").read_text())
+    assert lossless["speed_from"].endswith("interleaved/lossless.jsonl") and "replay=" in lossless["command"]
+    stored = [json.loads(line)["record"] for line in (run_dir / "interleaved" / "lossless.jsonl").open()]
+    replayed = [s["arguments"]["gen_args_0"]["arg_2"]["autojudge"] for s in samples(run_dir / "lossless")]
+    assert sorted(r["wall_time_s"] for r in replayed) == sorted(r["wall_time_s"] for r in stored)
+
+    events = []  # a point added later: the pass is redone with every method, so all speeds share one pass
+    more = [*POINTS, MethodPoint("topk", topk=2)]
+    run_sweep(
+        tiny_spec(tiny_pair_dirs, interleave=True), more, run_dir, command="test", on_event=events.append
+    )
+    assert [e.status for e in events if e.status != "start"] == ["done"] * 4
+    assert json.loads((run_dir / "target" / "point.json").read_text())["interleaved_with"][-1] == "topk-2"
+    from autojudge_eval.report import write_report
+
+    files = write_report([run_dir, plain], tmp_path / "report")
+    text = files["markdown"].read_text()
+    assert "inter: " in text and "(interleaved)" in text and "points timed one after another" in text
+
+    with pytest.raises(ConfigError, match="put target first"):
+        run_sweep(tiny_spec(tiny_pair_dirs, interleave=True), POINTS[1:], tmp_path / "no-target", command="t")
+    assert not (tmp_path / "no-target").exists()
