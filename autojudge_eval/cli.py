@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 # The module provides add_<stem>_arguments(parser) and <stem>_main(args); it is imported only when listed.
 DELEGATED = (
     ("mine", "mining_cli", "mine", "mine important-token labels (semi-greedy search) with judge features"),
+    (
+        "mine-summary",
+        "mined_summary",
+        "summary",
+        "what a mining folder holds: counts, shares, time, top swaps",
+    ),
     ("train", "mining_cli", "train", "fit a judge (scaler + logistic regression) on mined labels"),
     ("sweep", "results_cli", "sweep", "run one lm-eval task over methods and thresholds: results/<run-id>/"),
     ("report", "results_cli", "report", "leaderboard Markdown/HTML/CSV with plots from sweep folders"),
@@ -232,7 +238,9 @@ def cmd_fit_draft(args) -> int:
     pair = load_pair(args.target, "none", device=args.device, dtype=args.dtype)
     save = [int(x) for x in args.save_layers.split(",")] if args.save_layers else []
     layers = sorted({int(x) for x in args.layers.split(",")} | set(save))
-    slug = _slug(pair.target.name)
+    from .judge import pair_slug
+
+    slug = pair_slug(pair.target.name)
     answers = Path(args.answers) if args.answers else cache_root() / "fit-draft" / slug / "answers.jsonl"
     prompts = _gsm8k_prompts(pair.tokenizer, "train", args.data, args.limit)
     ids = ((f"train-{i}", prompt) for i, (prompt, _) in enumerate(prompts))
@@ -263,10 +271,6 @@ def cmd_fit_draft(args) -> int:
         to_adapter(result, order).save(out, card)
         print(f"saved the exit-{result['layer']} adapter to {out} (+ {out.with_suffix('.json').name})")
     return 0
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -122,7 +122,13 @@ class PartWriter:
                 (self.folder / stale).unlink(missing_ok=True)
             _remove_shards(self.folder, keep=set())
             fresh = {**self.header, "created": _now(), "shards": [], "labels_bytes": 0, "problems_bytes": 0}
-            fresh["counts"] = {"problems": 0, "mismatches": 0, "important": 0, "seconds": 0.0}
+            fresh["counts"] = {
+                "problems": 0,
+                "mismatches": 0,
+                "important": 0,
+                "seconds": 0.0,
+                "wall_seconds": 0.0,
+            }
             return fresh
         manifest = read_manifest(path)
         for key in HEADER_KEYS:
@@ -152,8 +158,9 @@ class PartWriter:
     def checkpoint(self, wall_seconds: float | None = None) -> None:
         """Commit the buffered problems: shard, then JSONL lines, then the manifest.
 
-        ``wall_seconds``: the wall time spent on them, added to the part's ``counts.seconds`` (default: the
-        problems' own seconds, right only when they ran one after another)."""
+        ``counts.seconds`` adds up the problems' own durations, which overlap when problems are batched;
+        ``wall_seconds`` (the wall time spent on them) goes to ``counts.wall_seconds``, which stays None for a
+        part that holds problems from before it was recorded."""
         if not self._problems:
             return
         shard = ""
@@ -181,8 +188,13 @@ class PartWriter:
         counts["problems"] += len(self._problems)
         counts["mismatches"] += len(self._labels)
         counts["important"] += sum(label.important for label in self._labels)
-        spent = sum(p.seconds for p in self._problems) if wall_seconds is None else wall_seconds
-        counts["seconds"] = round(counts["seconds"] + spent, 3)
+        counts["seconds"] = round(counts["seconds"] + sum(p.seconds for p in self._problems), 3)
+        if "wall_seconds" not in counts:  # a part started by a version that did not record it
+            counts["wall_seconds"] = None if counts["problems"] > len(self._problems) else 0.0
+        if counts["wall_seconds"] is not None:
+            counts["wall_seconds"] = (
+                None if wall_seconds is None else round(counts["wall_seconds"] + wall_seconds, 3)
+            )
         self.manifest.update(self.header, updated=_now())
         atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
         self._labels, self._problems, self._draft, self._target = [], [], [], []
@@ -202,7 +214,8 @@ def done_problem_ids(root: Path) -> set[str]:
     for part in find_parts(root):
         manifest = read_manifest(part / MANIFEST)
         done.update(
-            p.problem_id for p in _read_jsonl(part / PROBLEMS, manifest["problems_bytes"], ProblemRecord)
+            p.problem_id
+            for p in read_committed_jsonl(part / PROBLEMS, manifest["problems_bytes"], ProblemRecord)
         )
     return done
 
@@ -219,14 +232,14 @@ def read_mined(roots: list[Path] | Path) -> MinedData:
         manifests.append({**manifest, "folder": str(part)})
         fresh = [
             p
-            for p in _read_jsonl(part / PROBLEMS, manifest["problems_bytes"], ProblemRecord)
+            for p in read_committed_jsonl(part / PROBLEMS, manifest["problems_bytes"], ProblemRecord)
             if p.problem_id not in seen
         ]
         keep = {p.problem_id for p in fresh}
         seen |= keep
         problems.extend(fresh)
         shards: dict[str, dict[str, torch.Tensor]] = {}
-        for label in _read_jsonl(part / LABELS, manifest["labels_bytes"], MismatchLabel):
+        for label in read_committed_jsonl(part / LABELS, manifest["labels_bytes"], MismatchLabel):
             if label.problem_id not in keep:
                 continue
             if label.shard not in shards:
@@ -256,7 +269,7 @@ def _load_shard(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"cannot read feature shard {path}: {exc}; mine that part again") from exc
 
 
-def _read_jsonl(path: Path, size: int, kind):
+def read_committed_jsonl(path: Path, size: int, kind):
     if size == 0:
         return []
     with open(path, "rb") as handle:

@@ -158,15 +158,27 @@ def test_batched_mining_equals_the_sequential_search(rows, target, drafters):
 
 
 def test_part_seconds_are_wall_time_when_problems_overlap(tmp_path, target, drafters):
-    """Batched problems run side by side: the part's seconds are the run's wall time, not the sum of theirs."""
-    problems = [Problem(f"p{i}", p, MOD3) for i, p in enumerate(prompts(4))]
-    miner = BatchMiner(target, drafters["self"], [EOS], MineSettings(MAX_NEW, rows=4))
+    """Batched problems run side by side: the part's wall seconds are the run's, less than the sum of theirs."""
+    problems = [Problem(f"p{i}", p, MOD3) for i, p in enumerate(prompts(8))]
+    miner = BatchMiner(target, drafters["self"], [EOS], MineSettings(MAX_NEW, rows=8))
     clock = time.perf_counter()
-    summary = run_mining(miner, problems, tmp_path, HEADER, checkpoint_every=2, progress=False)
+    summary = run_mining(miner, problems, tmp_path, HEADER, checkpoint_every=4, progress=False)
     wall = time.perf_counter() - clock
     own = sum(json.loads(line)["seconds"] for line in (tmp_path / "part-00-of-01" / "problems.jsonl").open())
-    assert summary["part_totals"]["problems"] == 4
-    assert summary["part_totals"]["seconds"] <= wall < own  # four problems in flight at once overlap
+    assert summary["part_totals"]["problems"] == 8
+    assert summary["part_totals"]["wall_seconds"] <= wall < own  # eight problems in flight at once overlap
+    assert summary["part_totals"]["seconds"] == pytest.approx(own, abs=0.01)
+
+    from autojudge_eval.mined_summary import format_markdown, summarize_mined
+
+    mined = summarize_mined(tmp_path)
+    labels = [json.loads(line) for line in (tmp_path / "part-00-of-01" / "labels.jsonl").open()]
+    assert (mined["problems"], mined["mismatches"]) == (8, len(labels))
+    assert mined["wall_seconds"] == round(summary["part_totals"]["wall_seconds"], 1)
+    assert mined["important"] == sum(x["important"] for x in labels)
+    assert sum(w["count"] for w in mined["top_swaps"]) <= len(labels)
+    table = format_markdown(mined)
+    assert f"| labelled mismatches | {len(labels):,} (" in table and "tiny\\|tiny-draft" in table
 
 
 def test_batched_mining_needs_a_self_draft(target, drafters):

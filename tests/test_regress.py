@@ -188,7 +188,7 @@ def test_compare_rules():
 
 
 def test_committed_config_reads_and_names_the_default_pairs_judge_folder():
-    from autojudge_eval.mining_cli import slug
+    from autojudge_eval.judge import pair_slug as slug
 
     config = load_config(REPO / "results" / "baseline" / "tolerances.toml")
     assert {t.name for t in config.tasks} == {"autojudge_gsm8k", "autojudge_humaneval"}
