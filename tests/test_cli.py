@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import tiny_models
-import torch
 
 from autojudge_eval.cli import main
 
@@ -38,7 +37,7 @@ def test_bench_accepts_a_draft_dtype(tiny_pair_dirs, data_dir, capsys):
 
 
 def test_bench_uses_the_shipped_judge_for_the_pair(tiny_pair_dirs, data_dir, tmp_path, monkeypatch, capsys):
-    from autojudge_eval.judge import Judge, pair_slug
+    from autojudge_eval.judge import pair_slug
 
     target, draft = (p.resolve() for p in tiny_pair_dirs)
     args = ["bench", "--target", str(target), "--draft", str(draft), "--data", str(data_dir / "gsm8k")]
@@ -49,16 +48,8 @@ def test_bench_uses_the_shipped_judge_for_the_pair(tiny_pair_dirs, data_dir, tmp
     assert "no shipped gsm8k judge" in err and "stand-in" in err
     assert json.loads(out.splitlines()[-1])["config"]["judge"].startswith("stand-in")
 
-    pair = f"{target}|{draft}"
-    card = {
-        "features": "DT",
-        "target_hidden_size": 64,
-        "draft_hidden_size": 64,
-        "pair": pair,
-        "threshold": 0.25,
-    }
-    folder = tmp_path / "judges" / "gsm8k" / pair_slug(pair) / "DT"
-    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(folder)
+    folder = tmp_path / "judges" / "gsm8k" / pair_slug(f"{target}|{draft}") / "DT"
+    tiny_models.save_lenient_judge(folder, target, draft, threshold=0.25)
     assert main(args) == 0
     config = json.loads(capsys.readouterr().out.splitlines()[-1])["config"]
     assert Path(config["judge"]).resolve() == folder.resolve() and config["threshold"] == 0.25

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import tiny_models
-import torch
 from lm_eval.api.instance import Instance
 
 from autojudge_eval.errors import ConfigError, DataError
 from autojudge_eval.interleave import parse_method, parse_methods, read_outputs, request_key, rotation
-from autojudge_eval.judge import Judge
 from autojudge_eval.lm_backend import AutojudgeLM
 
 tiny_pair_dirs = tiny_models.tiny_pair_dirs
@@ -31,10 +29,7 @@ def requests():
 @pytest.fixture
 def pair_and_judge(tiny_pair_dirs, tmp_path):
     target, draft = (p.resolve() for p in tiny_pair_dirs)
-    card = {"features": "DT", "target_hidden_size": 64, "draft_hidden_size": 64, "pair": f"{target}|{draft}"}
-    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(
-        tmp_path / "j"
-    )
+    tiny_models.save_lenient_judge(tmp_path / "j", target, draft)
     return str(target), str(draft), str(tmp_path / "j")
 
 

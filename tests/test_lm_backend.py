@@ -343,22 +343,14 @@ def test_bad_model_args_are_one_line_config_errors(tiny_pair_dirs, args, message
 
 
 def test_judge_named_by_benchmark_is_the_shipped_one_for_the_pair(tiny_pair_dirs, tmp_path, monkeypatch):
-    from autojudge_eval.judge import Judge, pair_slug
+    from autojudge_eval.judge import pair_slug
 
     target, draft = (p.resolve() for p in tiny_pair_dirs)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(JudgeArtifactError, match="no shipped livecodebench judge for pair"):
         AutojudgeLM(target=str(target), draft=str(draft), judge="livecodebench")
-    pair = f"{target}|{draft}"
-    card = {
-        "features": "DT",
-        "target_hidden_size": 64,
-        "draft_hidden_size": 64,
-        "pair": pair,
-        "threshold": 0.2,
-    }
-    folder = tmp_path / "judges" / "livecodebench" / pair_slug(pair) / "DT"
-    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(folder)
+    folder = tmp_path / "judges" / "livecodebench" / pair_slug(f"{target}|{draft}") / "DT"
+    tiny_models.save_lenient_judge(folder, target, draft, threshold=0.2)
     lm = AutojudgeLM(target=str(target), draft=str(draft), judge="livecodebench")
     assert lm.decode.mode == "autojudge" and lm.decode.threshold == 0.2
     assert Path(lm.judge_name).resolve() == folder.resolve()

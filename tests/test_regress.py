@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import tiny_models
-import torch
 
 from autojudge_eval import cli
 from autojudge_eval.errors import ConfigError
@@ -43,21 +42,12 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def save_judge(folder: Path, target: Path, draft: Path) -> Path:
-    """A judge for the tiny pair that calls every mismatch unimportant (P(important) = sigmoid(-5))."""
-    from autojudge_eval.judge import Judge
-
-    card = {"features": "DT", "target_hidden_size": 64, "draft_hidden_size": 64, "pair": f"{target}|{draft}"}
-    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def gate(tiny_pair_dirs, tmp_path_factory):
     """A config, a baseline from ``--update`` and a second, fresh run compared with it."""
     root = tmp_path_factory.mktemp("regress")
     target, draft = (p.resolve() for p in tiny_pair_dirs)
-    judge = save_judge(root / "judge", target, draft)
+    judge = tiny_models.save_lenient_judge(root / "judge", target, draft)
     config = root / "tolerances.toml"
     config.write_text(CONFIG.format(target=target, draft=draft, judge=judge, limit=3))
     base = ["regress", "--config", str(config), "--baseline", str(root / "baseline.json")]

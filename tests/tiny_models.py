@@ -67,3 +67,14 @@ def build_tiny_pair(root: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return build_tiny_pair(tmp_path_factory.mktemp("tiny_pair"))
+
+
+def save_lenient_judge(folder: Path, target: Path, draft: Path, threshold: float | None = None) -> Path:
+    """A DT judge for the tiny pair that calls every mismatch unimportant (P(important) = sigmoid(-5))."""
+    from autojudge_eval.judge import Judge
+
+    card = {"features": "DT", "target_hidden_size": 64, "draft_hidden_size": 64, "pair": f"{target}|{draft}"}
+    if threshold is not None:
+        card["threshold"] = threshold
+    Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([-5.0]), card=card).save(folder)
+    return Path(folder)
