@@ -274,6 +274,7 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         sweep = {"schema": SCHEMA_SWEEP, "run_id": run_dir.name, "settings": settings, "points": []}
+    _check_judge_unchanged(sweep, spec.judge, run_dir)
     known = {p["name"] for p in sweep["points"]}
     sweep["points"] += [{"name": p.name, **dataclasses.asdict(p)} for p in points if p.name not in known]
     _write_json(sweep_file, sweep)
@@ -281,6 +282,35 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     env["sessions"].append(environment(command, spec.threads))
     _write_json(env_file, env)
     return len(env["sessions"]) - 1
+
+
+def _check_judge_unchanged(sweep: dict, judge: str | None, run_dir: Path) -> None:
+    """Record the judge file's sha256 in the sweep; refuse to resume when the same path now holds another
+    judge (retrained since), which would mix two judges in one sweep."""
+    digest = judge_sha256(judge)
+    if sweep.get("judge_sha256") and digest and sweep["judge_sha256"] != digest:
+        raise ConfigError(
+            f"{judge} holds another judge than when {run_dir} started (sha256 {sweep['judge_sha256'][:12]}... "
+            f"then, {digest[:12]}... now): pick another --run-id for the new judge"
+        )
+    if digest:
+        sweep["judge_sha256"] = digest
+
+
+def judge_sha256(judge: str | None) -> str | None:
+    """sha256 over a judge's weights and card (its default threshold lives there); None for stand-ins and
+    names (the backend resolves those and records the folder in each point's results)."""
+    if not judge or not Path(judge).exists():
+        return None
+    import hashlib
+
+    from .judge import CARD, WEIGHTS
+
+    folder = Path(judge) if Path(judge).is_dir() else Path(judge).parent
+    files = [folder / WEIGHTS, folder / CARD]
+    if not all(f.is_file() for f in files):
+        return None
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:

@@ -145,6 +145,19 @@ def test_a_judge_can_join_a_sweep_that_ran_no_autojudge_point(tiny_pair_dirs, tm
         run_sweep(tiny_spec(tiny_pair_dirs, judge="reject-all"), POINTS[2:], run_dir)
 
 
+def test_a_judge_retrained_in_place_is_refused_on_resume(tiny_pair_dirs, tmp_path):
+    target, draft = (p.resolve() for p in tiny_pair_dirs)
+    judge = tiny_models.save_lenient_judge(tmp_path / "judge", target, draft)
+    run_dir = tmp_path / "run"
+    run_sweep(tiny_spec(tiny_pair_dirs, judge=str(judge)), POINTS[:1], run_dir)
+    first = json.loads((run_dir / "sweep.json").read_text())["judge_sha256"]
+    assert len(first) == 64
+    tiny_models.save_lenient_judge(judge, target, draft, threshold=0.3)  # same folder, new weights file
+    with pytest.raises(ConfigError, match="holds another judge than when"):
+        run_sweep(tiny_spec(tiny_pair_dirs, judge=str(judge)), POINTS, run_dir)
+    assert not (run_dir / "lossless").exists()
+
+
 def test_autojudge_without_a_judge_fails_before_anything_runs(tiny_pair_dirs, tmp_path):
     with pytest.raises(ConfigError, match="needs --judge"):
         run_sweep(tiny_spec(tiny_pair_dirs, judge=None), POINTS, tmp_path / "a")
