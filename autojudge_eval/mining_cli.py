@@ -247,7 +247,8 @@ def train_main(args) -> int:
         cs = [float(c) for c in args.cs.split(",") if c.strip()]
     except ValueError:
         raise ConfigError(f"--C expects comma-separated numbers, got {args.cs!r}") from None
-    data = training_data(read_mined([Path(m) for m in args.mined]), args.features)
+    mined = read_mined([Path(m) for m in args.mined])
+    data = training_data(mined, args.features)
     judge, report = fit_judge(
         data,
         cs=cs,
@@ -256,7 +257,7 @@ def train_main(args) -> int:
         default_recall=args.recall,
         seed=args.seed,
     )
-    judge.card.update(command=_command(), date=_now(), provenance=provenance())
+    judge.card.update(split=describe_split(mined), command=_command(), date=_now(), provenance=provenance())
     out = (
         Path(args.out)
         if args.out
@@ -267,6 +268,32 @@ def train_main(args) -> int:
     if args.json:
         print(json.dumps(judge.card))
     return 0
+
+
+def describe_split(mined) -> dict:
+    """What the judge trained on, for its card: GSM8K's split, or LiveCodeBench's contest dates (read back
+    from the mined folders' problem files), so an evaluation can stay off those problems."""
+    ids = {p.problem_id for p in mined.problems}
+    task = mined.manifests[0].get("task")
+    data = [m.get("data", {}) for m in mined.manifests]
+    if task == "gsm8k":
+        splits = sorted({str(d.get("split")) for d in data})
+        return {"task": task, "problems": len(ids), "splits": splits, "evaluate_on": "the test split"}
+    if task != "livecodebench":
+        return {"task": task, "problems": len(ids)}
+    from .livecodebench import load_livecodebench
+
+    dates = []
+    for source in sorted({str(d.get("source")) for d in data}):
+        if not Path(source).exists():
+            continue  # the hub, or a folder gone since: the ids below still say which problems
+        dates += [str(p.contest_date.date()) for p in load_livecodebench(source) if p.id in ids]
+    found = {"contest_dates": [min(dates), max(dates)]} if dates else {"contest_dates": None}
+    return {
+        "task": task, "problems": len(ids), "sources": sorted({str(d.get("source")) for d in data}), **found,
+        "problem_ids": sorted(ids),
+        "evaluate_on": "problems with later contest dates only (e.g. ../shared/data/livecodebench v5/v6)",
+    }  # fmt: skip
 
 
 def format_training(card: dict, weights: Path) -> str:

@@ -195,3 +195,28 @@ def test_rows_round_trip(problems):
         assert parse_problem(json.loads(json.dumps(row))) == problem
     assert to_row(problems["abc387_a"])["private_test_cases"].startswith("[")
     assert to_row(problems["abc387_b"])["private_test_cases"] == ""
+
+
+def test_judge_card_split_names_the_mined_problems_contest_dates():
+    from types import SimpleNamespace
+
+    from autojudge_eval.mining_cli import describe_split
+
+    source = LCB_DIR / "release_v1"
+    if not (source / "problems.jsonl").is_file():
+        pytest.skip(f"{source} not found")
+    v1 = load_livecodebench(source)
+    picked = [v1[0], v1[10], v1[100]]
+    mined = SimpleNamespace(
+        problems=[SimpleNamespace(problem_id=p.id) for p in picked],
+        manifests=[{"task": "livecodebench", "data": {"source": str(source)}}],
+    )
+    split = describe_split(mined)
+    dates = sorted(str(p.contest_date.date()) for p in picked)
+    assert split["contest_dates"] == [dates[0], dates[-1]] and split["problems"] == 3
+    assert (
+        split["problem_ids"] == sorted(p.id for p in picked) and "later contest dates" in split["evaluate_on"]
+    )
+    gsm8k = SimpleNamespace(problems=picked[:1], manifests=[{"task": "gsm8k", "data": {"split": "train"}}])
+    gsm8k.problems = [SimpleNamespace(problem_id="gsm8k-train-1")]
+    assert describe_split(gsm8k)["splits"] == ["train"]
