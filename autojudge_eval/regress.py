@@ -62,6 +62,7 @@ class RegressConfig:
     window: int = 4
     threads: int | None = 1
     include_path: str = "tasks"
+    interleave: bool = False  # every method timed back to back per document (sweep --interleave)
 
     def slice(self) -> dict:
         """What the baseline must have been measured on (threads and tolerances aside)."""
@@ -119,7 +120,7 @@ def run_slice(
             task=task.name, target=config.target, draft=config.draft,
             judge=task.judge if "autojudge" in methods else None, window=config.window, limit=task.limit,
             include_path=config.include_path, apply_chat_template=task.apply_chat_template,
-            gen_kwargs=task.gen_kwargs, threads=threads or config.threads,
+            gen_kwargs=task.gen_kwargs, threads=threads or config.threads, interleave=config.interleave,
         )  # fmt: skip
         chosen = method_points(methods, topks=[task.topk], thresholds=[task.threshold])
         run_sweep(spec, chosen, Path(out_dir) / task.name, on_event=on_event)

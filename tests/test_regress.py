@@ -27,6 +27,7 @@ draft = "{draft}"
 window = 4
 threads = 1
 include_path = "tests/test_configs"
+interleave = true
 
 [[task]]
 name = "autojudge_tiny"
@@ -67,6 +68,7 @@ def test_update_records_every_point_with_its_command(gate):
     assert points["autojudge-t0.5"]["accepted_per_cycle"] > points["lossless"]["accepted_per_cycle"] > 0
     assert points["lossless"]["command"].startswith("OMP_NUM_THREADS=1 ")
     assert baseline["slice"]["tasks"][0]["limit"] == 3 and baseline["environment"]["torch_threads"] == 1
+    assert baseline["slice"]["interleave"] is True and "replay=" in points["lossless"]["command"]
 
 
 def test_fresh_run_passes(gate, capsys):
