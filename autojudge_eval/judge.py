@@ -8,6 +8,7 @@ versions). Nothing is pickled; loading checks the card against the pair the judg
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -236,3 +237,15 @@ def shipped_judge(task: str, pair_name: str, features: str | None = None) -> Pat
         + (f" (shipped for: {', '.join(shipped)})" if shipped else "")
         + "; train one with `autojudge-eval mine` + `autojudge-eval train`, or pass judge=PATH"
     )
+
+
+def judge_sha256(judge: str | None) -> str | None:
+    """sha256 over a judge's weights and card (its default threshold lives there); None for stand-ins and
+    names (the backend resolves those and records the folder in each point's results)."""
+    if not judge or not Path(judge).exists():
+        return None
+    folder = Path(judge) if Path(judge).is_dir() else Path(judge).parent
+    files = [folder / WEIGHTS, folder / CARD]
+    if not all(f.is_file() for f in files):
+        return None
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .lm_setup import CONSTANT_JUDGES
 from .runs import PointResult, read_run, speedup, target_of
 from .sweep import SweepSpec, environment, method_points, run_sweep
 
@@ -29,7 +30,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEMA = "autojudge-regress-baseline/1"
-CONSTANT_JUDGES = ("accept-all", "reject-all")
 
 
 @dataclass(frozen=True)

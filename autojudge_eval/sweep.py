@@ -287,6 +287,8 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
 def _check_judge_unchanged(sweep: dict, judge: str | None, run_dir: Path) -> None:
     """Record the judge file's sha256 in the sweep; refuse to resume when the same path now holds another
     judge (retrained since), which would mix two judges in one sweep."""
+    from .judge import judge_sha256
+
     digest = judge_sha256(judge)
     if sweep.get("judge_sha256") and digest and sweep["judge_sha256"] != digest:
         raise ConfigError(
@@ -295,22 +297,6 @@ def _check_judge_unchanged(sweep: dict, judge: str | None, run_dir: Path) -> Non
         )
     if digest:
         sweep["judge_sha256"] = digest
-
-
-def judge_sha256(judge: str | None) -> str | None:
-    """sha256 over a judge's weights and card (its default threshold lives there); None for stand-ins and
-    names (the backend resolves those and records the folder in each point's results)."""
-    if not judge or not Path(judge).exists():
-        return None
-    import hashlib
-
-    from .judge import CARD, WEIGHTS
-
-    folder = Path(judge) if Path(judge).is_dir() else Path(judge).parent
-    files = [folder / WEIGHTS, folder / CARD]
-    if not all(f.is_file() for f in files):
-        return None
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:

@@ -354,6 +354,9 @@ def test_judge_named_by_benchmark_is_the_shipped_one_for_the_pair(tiny_pair_dirs
     lm = AutojudgeLM(target=str(target), draft=str(draft), judge="livecodebench")
     assert lm.decode.mode == "autojudge" and lm.decode.threshold == 0.2
     assert Path(lm.judge_name).resolve() == folder.resolve()
+    from autojudge_eval.judge import judge_sha256
+
+    assert lm.describe()["judge_sha256"] == judge_sha256(str(folder)) and len(judge_sha256(str(folder))) == 64
 
 
 def test_existing_judge_file_loads_or_explains(tiny_pair_dirs, tmp_path):
