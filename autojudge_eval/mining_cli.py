@@ -303,6 +303,11 @@ def format_training(card: dict, weights: Path) -> str:
         f"({d['important']} important) from {d['problems']} problems",
         "out-of-fold ROC-AUC by C: " + ", ".join(f"{c}: {auc:.3f}" for c, auc in m["roc_auc_per_C"].items()),
         f"chosen C {card['C']} (ROC-AUC {m['roc_auc']:.3f}, {card['folds']} folds by problem)",
+        *(
+            [f"reference: the mismatch's position in the answer alone, ROC-AUC {ref:.3f} (same folds)"]
+            if (ref := m.get("reference_roc_auc_position_only")) is not None
+            else []
+        ),
         f"{'recall':>7} {'threshold':>10} {'accepts':>8} {'unimportant accepted':>21}",
     ]
     for recall, t in card["thresholds"].items():

@@ -39,6 +39,7 @@ class TrainingData:
     groups: np.ndarray  # (n,) problem ids
     features: str
     meta: dict = field(default_factory=dict)  # task, pair, hidden sizes, sources
+    positions: np.ndarray | None = None  # (n,) position of each mismatch in its answer (for a reference)
 
     @property
     def sha256(self) -> str:
@@ -84,7 +85,8 @@ def training_data(mined: MinedData, features: str = "DD-DT") -> TrainingData:
         }
         for m in mined.manifests
     ]
-    return TrainingData(x, y, groups, features, meta)
+    positions = np.array([label.position for label in mined.labels], dtype=np.float64)
+    return TrainingData(x, y, groups, features, meta, positions)
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -173,6 +175,10 @@ def fit_judge(
     if len(cs) > 1 and best in (min(cs), max(cs)):
         log.warning("the best C (%g) is at the edge of the grid %s: widen --C", best, sorted(cs))
     thresholds = {str(r): threshold_for_recall(scores[best], data.y, r) for r in recalls}
+    reference = None
+    if data.positions is not None:  # what the mismatch's place in the answer alone tells (no hidden states)
+        where = TrainingData(np.log1p(data.positions)[:, None], data.y, data.groups, "position")
+        reference = roc_auc(data.y, out_of_fold(where, splits, 1.0, class_weight))
     scaler, model = fit_scaled_lr(data.x, data.y, best, class_weight)
     train_scores = model.predict_proba(scaler.transform(data.x))[:, 1]
     report = {
@@ -184,6 +190,7 @@ def fit_judge(
             "roc_auc_per_C": {str(c): per_c[c] for c in cs},
             "train_roc_auc": roc_auc(data.y, train_scores),
             "important_share": float(data.y.mean()),
+            "reference_roc_auc_position_only": reference,
         },
         "thresholds": thresholds,
         "default_recall": default_recall,

@@ -59,6 +59,17 @@ def test_fit_judge_selects_c_and_orders_thresholds():
     assert judge.threshold == t["0.95"]["threshold"] and judge.card["data"]["problems"] == 40
 
 
+def test_the_position_only_reference_scores_what_position_tells():
+    data = synthetic()
+    gen = np.random.default_rng(1)
+    data.positions = gen.integers(0, 300, size=len(data.y)).astype(float)  # unrelated to the labels
+    _, report = fit_judge(data, cs=(0.1,), folds=4)
+    assert abs(report["metrics"]["reference_roc_auc_position_only"] - 0.5) < 0.1
+    data.positions = np.where(data.y, gen.integers(0, 100, len(data.y)), gen.integers(80, 300, len(data.y)))
+    _, report = fit_judge(data, cs=(0.1,), folds=4)
+    assert report["metrics"]["reference_roc_auc_position_only"] > 0.9  # early = important, here by design
+
+
 def test_mine_then_train_then_load(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -96,4 +107,5 @@ def test_mine_then_train_then_load(tmp_path):
     card = judge.card
     assert card["data"]["sha256"] == data.sha256 and card["task"] == "mod3" and card["command"]
     assert set(card["thresholds"]) == {"0.9", "0.95", "0.99"}
+    assert 0.0 <= card["metrics"]["reference_roc_auc_position_only"] <= 1.0
     np.testing.assert_allclose(judge.predict_proba(torch.from_numpy(data.x)).shape, (len(data.y),))
