@@ -57,12 +57,6 @@ class SpeedLog:
     def add(self, request_type: str, task: str | None, record: dict) -> None:
         self.records.append((request_type, task or "?", record))
 
-    def add_generation(self, task: str | None, stats, mode: str) -> dict:
-        """Record one generate_until request from its ``DecodeStats``; return the record."""
-        record = generation_record(stats, mode)
-        self.add("generate_until", task, record)
-        return record
-
     def summary(self) -> dict:
         """``{task: {"generate_until": totals, "loglikelihood": totals, ...}}`` plus ``"all"`` across tasks."""
         out: dict = defaultdict(dict)
