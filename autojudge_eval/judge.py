@@ -209,7 +209,10 @@ def pair_slug(name: str) -> str:
 
 def judges_roots() -> list[Path]:
     """Where shipped judges live: ``./judges`` first, then the checkout the package was imported from."""
-    roots = [Path.cwd() / "judges", Path(__file__).resolve().parents[1] / "judges"]
+    roots = [
+        Path("judges"),
+        Path(__file__).resolve().parents[1] / "judges",
+    ]  # relative: records stay portable
     return [
         r for i, r in enumerate(roots) if r.is_dir() and r.resolve() not in {x.resolve() for x in roots[:i]}
     ]
