@@ -90,7 +90,7 @@ def _cache_data(args) -> int:
     return 0
 
 
-def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
+def _model_args(p: argparse.ArgumentParser, *, draft: bool = True, threads: int | None = None) -> None:
     p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
     if draft:
         p.add_argument(
@@ -99,7 +99,12 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
         p.add_argument("--draft-dtype", default=None, help="run the draft in another dtype (e.g. bfloat16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help=f"torch CPU threads (default: {threads or 'torch' + chr(39) + 's choice'})",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -109,7 +114,7 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="target vs lossless vs autojudge vs HF generate on GSM8K test prompts")
-    _model_args(p)
+    _model_args(p, threads=1)  # one thread: batch-1 decoding times steadily; more fight over small CPUs
     p.add_argument("--limit", type=int, default=10, help="number of GSM8K test prompts")
     p.add_argument("--window", type=int, default=4, help="draft tokens per cycle (K)")
     p.add_argument("--max-new-tokens", type=int, default=256)
