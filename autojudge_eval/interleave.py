@@ -136,7 +136,7 @@ class Replay:
             ) from None
 
 
-def check_interleave_args(interleave, interleave_dir, replay, mode) -> list[str]:
+def check_interleave_args(interleave, interleave_dir, replay) -> list[str]:
     """The methods ``interleave=`` adds (checked, before any model loads)."""
     if replay and interleave:
         raise ConfigError("replay= returns stored outputs; interleave= decodes them: pass one of the two")
@@ -159,13 +159,18 @@ def open_replay(path: str, name: str, mode: str) -> Replay:
     return replay
 
 
+def point_name(mode: str, topk: int | None = None, threshold: float | None = None) -> str:
+    """A method's name, the inverse of :func:`parse_method`: target, lossless, topk-K, autojudge(-tT)."""
+    if mode == "topk":
+        return f"topk-{topk}"
+    if mode == "autojudge" and threshold is not None:
+        return f"autojudge-t{threshold:g}"
+    return mode
+
+
 def method_name(decode) -> str:
-    """A DecodeConfig as a sweep point's name: target, lossless, topk-K or autojudge-tT."""
-    if decode.mode == "topk":
-        return f"topk-{decode.topk}"
-    if decode.mode == "autojudge":
-        return f"autojudge-t{decode.threshold:g}"
-    return decode.mode
+    """A DecodeConfig as a sweep point's name (its threshold always set)."""
+    return point_name(decode.mode, decode.topk, decode.threshold)
 
 
 def rotation(methods: list[str], index: int) -> list[str]:

@@ -77,7 +77,7 @@ class AutojudgeLM(TemplateLM):
         from .config import DecodeConfig
         from .pair import load_pair
 
-        also = check_interleave_args(interleave, interleave_dir, replay, mode)
+        also = check_interleave_args(interleave, interleave_dir, replay)
         judge = check_args(judge, mode, others, judged_points=any(m.startswith("autojudge") for m in also))
         given = dict(mode=mode, window=window, topk=topk, threshold=threshold, max_new_tokens=max_gen_toks)
         # validated before any model loads

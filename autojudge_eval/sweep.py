@@ -53,11 +53,9 @@ class MethodPoint:
 
     @property
     def name(self) -> str:
-        if self.mode == "topk":
-            return f"topk-{self.topk}"
-        if self.mode == "autojudge" and self.threshold is not None:
-            return f"autojudge-t{self.threshold:g}"
-        return self.mode
+        from .interleave import point_name
+
+        return point_name(self.mode, self.topk, self.threshold)
 
 
 def method_points(

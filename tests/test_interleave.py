@@ -11,7 +11,14 @@ import tiny_models
 from lm_eval.api.instance import Instance
 
 from autojudge_eval.errors import ConfigError, DataError
-from autojudge_eval.interleave import parse_method, parse_methods, read_outputs, request_key, rotation
+from autojudge_eval.interleave import (
+    parse_method,
+    parse_methods,
+    point_name,
+    read_outputs,
+    request_key,
+    rotation,
+)
 from autojudge_eval.lm_backend import AutojudgeLM
 
 tiny_pair_dirs = tiny_models.tiny_pair_dirs
@@ -43,6 +50,8 @@ def test_names_parse_and_round_trip():
     assert parse_method("autojudge-t0.25") == {"mode": "autojudge", "topk": None, "threshold": 0.25}
     assert parse_method("autojudge")["threshold"] is None
     assert parse_methods("lossless|topk-2") == ["lossless", "topk-2"]
+    for name in ("target", "lossless", "topk-4", "autojudge", "autojudge-t0.25"):
+        assert point_name(**parse_method(name)) == name
     for bad in ("sampling", "topk-", "autojudge-0.3"):
         with pytest.raises(ConfigError, match="unknown method"):
             parse_method(bad)
