@@ -7,6 +7,9 @@ A run folder (``results/<run-id>/``) holds::
     <point>/point.json      the finished marker: the point, its exact ``lm_eval`` command, lm-eval's files
     <point>/<model folder>/ lm-eval's own outputs: results_<date>.json, samples_<task>_<date>.jsonl
 
+An interleaved sweep (``--interleave``) may be resumed with a larger ``--limit``: ``interleaved/`` keeps
+every document decoded so far, so only the new ones are decoded, and every point is scored again.
+
 Each point runs lm-eval in this process the way ``lm_eval`` runs it (``simple_evaluate``, then its
 ``EvaluationTracker`` writes the files), from an :class:`LmEvalCall` that also renders the equivalent shell
 command. A point whose ``point.json`` exists is skipped, so a killed sweep continues where it stopped; a
@@ -262,6 +265,9 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
         sweep = json.loads(sweep_file.read_text())
         if _judge_added(sweep, settings, run_dir):
             sweep["settings"] = settings  # the judge only enters autojudge points, and none has run
+        if _limit_grown(sweep, settings):
+            _rescore_all(sweep, run_dir, settings["limit"])
+            sweep["settings"] = settings
         if sweep.get("settings") != settings:
             old, new = sweep.get("settings", {}), settings
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k])
@@ -309,6 +315,29 @@ def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:
         p.get("mode") == "autojudge" and (run_dir / p["name"] / "point.json").is_file()
         for p in sweep["points"]
     )
+
+
+def _limit_grown(sweep: dict, settings: dict) -> bool:
+    """True when a resume of an interleaved sweep only raises ``--limit`` (or lifts it): the pass's files keep
+    the documents decoded so far, so only the new ones are decoded; every point is scored again."""
+    old = sweep.get("settings", {})
+    if not (old.get("interleave") and settings.get("interleave")):
+        return False
+    if {k: v for k, v in old.items() if k != "limit"} != {k: v for k, v in settings.items() if k != "limit"}:
+        return False
+    before, after = old.get("limit"), settings.get("limit")
+    return before is not None and (after is None or after > before)
+
+
+def _rescore_all(sweep: dict, run_dir: Path, limit: int | None) -> None:
+    before = sweep["settings"].get("limit")
+    log.info(
+        "--limit grows from %s to %s: the interleaved pass decodes only the new documents; every point is "
+        "scored again", before, limit if limit is not None else "all",
+    )
+    sweep.setdefault("limit_history", []).append({"from": before, "to": limit, "date": _now()})
+    for point in sweep["points"]:
+        shutil.rmtree(run_dir / point["name"], ignore_errors=True)
 
 
 def environment(command: str | None = None, threads: int | None = None) -> dict:

@@ -244,3 +244,27 @@ def test_interleaved_sweep_scores_what_separate_runs_score(swept, tiny_pair_dirs
     with pytest.raises(ConfigError, match="put target first"):
         run_sweep(tiny_spec(tiny_pair_dirs, interleave=True), POINTS[1:], tmp_path / "no-target", command="t")
     assert not (tmp_path / "no-target").exists()
+
+
+def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(swept, tiny_pair_dirs, tmp_path):
+    plain, _ = swept
+    run_dir = tmp_path / "grow"
+    run_sweep(tiny_spec(tiny_pair_dirs, interleave=True, limit=2), POINTS, run_dir, command="first")
+    first = (run_dir / "interleaved" / "target.jsonl").read_text().splitlines()
+    assert len(first) == 2
+
+    events = []
+    run_sweep(
+        tiny_spec(tiny_pair_dirs, interleave=True), POINTS, run_dir, command="grown", on_event=events.append
+    )  # limit 3
+    assert [e.status for e in events if e.status != "start"] == ["done"] * 3
+    lines = (run_dir / "interleaved" / "target.jsonl").read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 3  # the first two documents were not decoded again
+    for name in ("target", "lossless", "autojudge-t0.5"):
+        got = {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(run_dir / name)}
+        assert got == {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(plain / name)}
+    sweep = json.loads((run_dir / "sweep.json").read_text())
+    assert sweep["settings"]["limit"] == 3 and [(h["from"], h["to"]) for h in sweep["limit_history"]] == [(2, 3)]
+
+    with pytest.raises(ConfigError, match="limit: 3 -> 2"):  # shrinking would drop scored documents
+        run_sweep(tiny_spec(tiny_pair_dirs, interleave=True, limit=2), POINTS, run_dir)
