@@ -53,7 +53,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=_ints, default=[2, 4, 8], help="k values of the topk method")
     p.add_argument("--window", type=int, default=4, help="draft tokens per cycle (K)")
     p.add_argument(
-        "--limit", type=int, default=None,
+        "--limit",
+        type=int,
+        default=None,
         help="the first N documents of the task (default: all); an --interleave sweep may be resumed with a "
         "larger N, decoding only the new documents",
     )

@@ -333,7 +333,9 @@ def _rescore_all(sweep: dict, run_dir: Path, limit: int | None) -> None:
     before = sweep["settings"].get("limit")
     log.info(
         "--limit grows from %s to %s: the interleaved pass decodes only the new documents; every point is "
-        "scored again", before, limit if limit is not None else "all",
+        "scored again",
+        before,
+        limit if limit is not None else "all",
     )
     sweep.setdefault("limit_history", []).append({"from": before, "to": limit, "date": _now()})
     for point in sweep["points"]:

@@ -246,7 +246,9 @@ def test_interleaved_sweep_scores_what_separate_runs_score(swept, tiny_pair_dirs
     assert not (tmp_path / "no-target").exists()
 
 
-def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(swept, tiny_pair_dirs, tmp_path):
+def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(
+    swept, tiny_pair_dirs, tmp_path
+):
     plain, _ = swept
     run_dir = tmp_path / "grow"
     run_sweep(tiny_spec(tiny_pair_dirs, interleave=True, limit=2), POINTS, run_dir, command="first")
@@ -264,7 +266,8 @@ def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(sw
         got = {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(run_dir / name)}
         assert got == {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(plain / name)}
     sweep = json.loads((run_dir / "sweep.json").read_text())
-    assert sweep["settings"]["limit"] == 3 and [(h["from"], h["to"]) for h in sweep["limit_history"]] == [(2, 3)]
+    assert sweep["settings"]["limit"] == 3
+    assert [(h["from"], h["to"]) for h in sweep["limit_history"]] == [(2, 3)]
 
     with pytest.raises(ConfigError, match="limit: 3 -> 2"):  # shrinking would drop scored documents
         run_sweep(tiny_spec(tiny_pair_dirs, interleave=True, limit=2), POINTS, run_dir)
