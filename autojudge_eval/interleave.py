@@ -9,7 +9,9 @@ minutes of the same process. The files double as a per-request checkpoint: a kil
 same directory decodes only the requests some method still lacks.
 
 Files: ``<dir>/<method>.jsonl``, one JSON line per request, ``{"key", "text", "record"}``; ``key`` is a hash of
-the request's context and generation arguments. A torn last line (a kill mid-write) is ignored.
+the request's context and generation arguments. A torn last line (a kill mid-write) is ignored. Under data
+parallelism (torchrun / accelerate launch) each rank writes ``<dir>/<method>.rank<R>of<W>.jsonl`` for the
+requests lm-eval gave it; readers (a resumed pass of any size, a replay) take every file of a method.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def request_key(context: str, gen_kwargs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def method_files(folder: Path, method: str) -> list[Path]:
+    """Every file holding ``method``'s outputs in ``folder``: the one-process file and any rank's."""
+    folder = Path(folder)
+    return [
+        p
+        for p in [folder / f"{method}.jsonl", *sorted(folder.glob(f"{method}.rank*of*.jsonl"))]
+        if p.is_file()
+    ]
+
+
+def read_method(folder: Path, method: str) -> dict[str, tuple[str, dict]]:
+    out: dict[str, tuple[str, dict]] = {}
+    for path in method_files(folder, method):
+        out.update(read_outputs(path))
+    return out
+
+
 def read_outputs(path: Path) -> dict[str, tuple[str, dict]]:
     """``{key: (text, record)}`` of one method's file; the last line for a key wins; a torn last line is
     skipped; any other unreadable line is a DataError."""
@@ -78,16 +97,18 @@ def read_outputs(path: Path) -> dict[str, tuple[str, dict]]:
 class OutputStore:
     """The per-method JSONL files of one interleaved pass: read once, appended (and fsynced) per request."""
 
-    def __init__(self, folder: str | Path, methods: list[str]) -> None:
+    def __init__(self, folder: str | Path, methods: list[str], rank: int = 0, world_size: int = 1) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.methods = list(methods)
+        self.suffix = "" if world_size == 1 else f".rank{rank}of{world_size}"
         for method in self.methods:
-            _drop_torn_tail(self.path(method))
-        self.done = {m: read_outputs(self.path(m)) for m in self.methods}
+            _drop_torn_tail(self.path(method))  # only this process's own file: another rank may be writing
+        self.done = {m: read_method(self.folder, m) for m in self.methods}
 
     def path(self, method: str) -> Path:
-        return self.folder / f"{method}.jsonl"
+        """The file this process appends ``method``'s outputs to."""
+        return self.folder / f"{method}{self.suffix}.jsonl"
 
     def complete(self, key: str) -> dict[str, tuple[str, dict]] | None:
         """Every method's (text, record) for ``key``, or None when some method lacks it."""
@@ -120,10 +141,11 @@ class Replay:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
+        self.method = self.path.name.removesuffix(".jsonl")
+        files = method_files(self.path.parent, self.method)
+        if not files:
             raise ConfigError(f"replay file not found: {self.path}; run the interleaved pass first")
-        self.outputs = read_outputs(self.path)
-        self.method = self.path.stem
+        self.outputs = read_method(self.path.parent, self.method)  # with the ranks' files of a parallel pass
         parse_method(self.method)
 
     def get(self, key: str, context: str) -> tuple[str, dict]:

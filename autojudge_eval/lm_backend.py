@@ -22,7 +22,6 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
-from .errors import ConfigError
 from .interleave import check_interleave_args, method_name, open_replay, request_key
 from .judge import SHIPPED_TASKS, judge_sha256, shipped_judge
 from .lm_setup import (
@@ -83,8 +82,6 @@ class AutojudgeLM(TemplateLM):
         # validated before any model loads
         settings = DecodeConfig.build(**{k: v for k, v in given.items() if v is not None})
         self._rank, self._world_size, device = distributed_setup(device or AUTO)
-        if also and self._world_size > 1:
-            raise ConfigError("interleave= runs in one process; drop it or run without accelerate/torchrun")
         draft = None if draft == AUTO else "none" if draft in (None, "none") else str(draft)
         self.pair = load_pair(str(target), draft, device=device, dtype=dtype, draft_dtype=draft_dtype)
         self.tokenizer, self.model = self.pair.tokenizer, self.pair.stack.model
@@ -99,7 +96,10 @@ class AutojudgeLM(TemplateLM):
 
             points = {method_name(self.decode): (self.decode, self.rule)}
             points.update({name: interleaved_point(settings, name, judge, self.pair) for name in also})
-            self.interleaved = (points, OutputStore(interleave_dir, list(points)))
+            self.interleaved = (
+                points,
+                OutputStore(interleave_dir, list(points), self._rank, self._world_size),
+            )
         self._served = 0  # generation requests so far: the interleaved order rotates with it
         self._max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.batch_size = batch_size_from(batch_size, max_batch_size)  # scoring only; generation is 1 by 1

@@ -210,7 +210,8 @@ if res is not None:
 
 
 def test_two_ranks_share_requests_and_gather_speed(tiny_pair_dirs, tmp_path):
-    """torchrun, 2 CPU processes over gloo: lm-eval shards the docs, rank 0 gets every rank's speed records."""
+    """torchrun, 2 CPU processes over gloo: lm-eval shards the docs, rank 0 gets every rank's speed records.
+    The run interleaves lossless (each rank files its own requests); one process replays both ranks' files."""
     driver = tmp_path / "dp.py"
     driver.write_text(DP_DRIVER.format(tasks=list(TASKS)))
     with socket.socket() as s:
@@ -220,7 +221,9 @@ def test_two_ranks_share_requests_and_gather_speed(tiny_pair_dirs, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     launch = [*torchrun, "--master_port", str(port)]
     out = tmp_path / "dp.json"
-    proc = run_cli(launch, [str(driver), f"target={target},draft={draft},mode=lossless", str(out)])
+    inter = tmp_path / "inter"
+    args = f"target={target},draft={draft},mode=target,interleave=lossless,interleave_dir={inter}"
+    proc = run_cli(launch, [str(driver), args, str(out)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     dp = json.loads(out.read_text())
     assert dp["world_size"] == 2
@@ -238,6 +241,15 @@ def test_two_ranks_share_requests_and_gather_speed(tiny_pair_dirs, tmp_path):
         generation_requests((f"Question: {r['question']} Answer:", kwargs) for r in rows)
     )
     assert [dp["resps"][str(i)] for i in range(len(rows))] == texts
+    assert sorted(p.name for p in inter.iterdir()) == [
+        "lossless.rank0of2.jsonl", "lossless.rank1of2.jsonl", "target.rank0of2.jsonl", "target.rank1of2.jsonl",
+    ]  # fmt: skip
+    replayed = AutojudgeLM(
+        target=str(target), draft=str(draft), mode="lossless", replay=str(inter / "lossless.jsonl")
+    )
+    requests = generation_requests((f"Question: {r['question']} Answer:", kwargs) for r in rows)
+    assert replayed.generate_until(requests) == texts
+    assert all(req.args[2]["autojudge"]["mode"] == "lossless" for req in requests)
 
 
 # --- requests in process -----------------------------------------------------------------------------------------
