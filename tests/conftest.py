@@ -12,7 +12,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 DATA_DIR = Path(
     os.environ.get("AUTOJUDGE_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
+).resolve()
+if os.environ.get("AUTOJUDGE_DATA_DIR"):
+    os.environ["AUTOJUDGE_DATA_DIR"] = str(DATA_DIR)  # tests that run commands in a temp dir need it absolute
 
 
 def tiny_llama(seed: int = 0, *, layers: int = 4, hidden: int = 64, vocab: int = 96, **overrides):
