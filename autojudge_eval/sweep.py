@@ -309,7 +309,7 @@ def _judge_added(sweep: dict, settings: dict, run_dir: Path) -> bool:
     old = sweep.get("settings", {})
     if old.get("judge") is not None or settings.get("judge") is None:
         return False
-    if {k: v for k, v in old.items() if k != "judge"} != {k: v for k, v in settings.items() if k != "judge"}:
+    if not _same_but(old, settings, "judge"):
         return False
     return not any(
         p.get("mode") == "autojudge" and (run_dir / p["name"] / "point.json").is_file()
@@ -323,10 +323,15 @@ def _limit_grown(sweep: dict, settings: dict) -> bool:
     old = sweep.get("settings", {})
     if not (old.get("interleave") and settings.get("interleave")):
         return False
-    if {k: v for k, v in old.items() if k != "limit"} != {k: v for k, v in settings.items() if k != "limit"}:
+    if not _same_but(old, settings, "limit"):
         return False
     before, after = old.get("limit"), settings.get("limit")
     return before is not None and (after is None or after > before)
+
+
+def _same_but(old: dict, new: dict, key: str) -> bool:
+    """True when two sweeps' settings are equal apart from ``key``."""
+    return {k: v for k, v in old.items() if k != key} == {k: v for k, v in new.items() if k != key}
 
 
 def _rescore_all(sweep: dict, run_dir: Path, limit: int | None) -> None:
