@@ -103,7 +103,7 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True, threads: int 
         "--threads",
         type=int,
         default=threads,
-        help=f"torch CPU threads (default: {threads or 'torch' + chr(39) + 's choice'})",
+        help="torch CPU threads (default: %s)" % (threads or "torch's choice"),
     )
     p.add_argument(
         "--data",
