@@ -66,9 +66,10 @@ def method_files(folder: Path, method: str) -> list[Path]:
     ]
 
 
-def read_method(folder: Path, method: str) -> dict[str, tuple[str, dict]]:
+def read_method(folder: Path, method: str, files: list[Path] | None = None) -> dict[str, tuple[str, dict]]:
+    """``method``'s outputs from every file of ``folder`` that holds them (``files``: those, found already)."""
     out: dict[str, tuple[str, dict]] = {}
-    for path in method_files(folder, method):
+    for path in method_files(folder, method) if files is None else files:
         out.update(read_outputs(path))
     return out
 
@@ -145,7 +146,7 @@ class Replay:
         files = method_files(self.path.parent, self.method)
         if not files:
             raise ConfigError(f"replay file not found: {self.path}; run the interleaved pass first")
-        self.outputs = read_method(self.path.parent, self.method)  # with the ranks' files of a parallel pass
+        self.outputs = read_method(self.path.parent, self.method, files)  # with a parallel pass's rank files
         parse_method(self.method)
 
     def get(self, key: str, context: str) -> tuple[str, dict]:

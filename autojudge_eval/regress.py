@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .judge import SHIPPED_TASKS
 from .lm_setup import CONSTANT_JUDGES
 from .runs import PointResult, read_run, speedup, target_of
 from .sweep import SweepSpec, environment, method_points, run_sweep
@@ -101,7 +102,9 @@ class Skip:
 
 
 def judge_available(judge: str | None) -> bool:
-    return bool(judge) and (judge in CONSTANT_JUDGES or Path(judge).exists())
+    """A stand-in, a shipped judge's name (the backend resolves it for the pair and says clearly when the pair
+    has none) or an existing path."""
+    return bool(judge) and (judge in (*CONSTANT_JUDGES, *SHIPPED_TASKS) or Path(judge).exists())
 
 
 def run_slice(

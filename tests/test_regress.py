@@ -197,3 +197,12 @@ def test_bad_config_names_the_problem(tmp_path):
     )
     with pytest.raises(ConfigError, match="windw"):
         load_config(bad)
+
+
+def test_a_shipped_judge_name_or_a_stand_in_counts_as_available_and_a_missing_path_does_not(tmp_path):
+    from autojudge_eval.regress import judge_available
+
+    assert judge_available("gsm8k") and judge_available("livecodebench")  # resolved per pair by the backend
+    assert judge_available("accept-all")
+    assert judge_available(str(tmp_path))
+    assert not judge_available(str(tmp_path / "absent")) and not judge_available(None)
