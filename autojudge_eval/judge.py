@@ -126,6 +126,12 @@ def load_judge(path: str | Path, pair=None, *, allow_other_pair: bool = False) -
     return judge
 
 
+def read_card(path: str | Path) -> dict:
+    """A judge's JSON card alone (for reports): the folder's or the ``.safetensors`` file's; checked as
+    :func:`load_judge` checks it, weights not read."""
+    return _read_card(_paths(Path(path))[1])
+
+
 def _paths(path: Path) -> tuple[Path, Path]:
     if path.suffix.lower() in REFUSED_SUFFIXES:
         raise JudgeArtifactError(

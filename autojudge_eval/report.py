@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, JudgeArtifactError
+from .judge import read_card
 from .runs import PointResult, agreement, find_runs, read_run, speedup, target_of
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,14 @@ def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict
         png = out_dir / f"leaderboard-{task}-{hashlib.sha1(pair.encode()).hexdigest()[:8]}.png"
         plot_group(rows, png, title=f"{task} — {pair}")
         sections.append(
-            {"task": task, "pair": pair, "rows": rows, "table": display_table(rows, ref), "png": png}
+            {
+                "task": task,
+                "pair": pair,
+                "rows": rows,
+                "table": display_table(rows, ref),
+                "png": png,
+                "judges": judge_notes(rows),
+            }  # fmt: skip
         )
         ref += len(rows)
     meta = {
@@ -187,6 +195,7 @@ def render_markdown(sections: list[dict], meta: dict) -> str:
     for s in sections:
         rows = s["rows"]
         lines += ["", f"## {s['task']} — `{s['pair']}`", "", _caption(rows), ""]
+        lines += [note for j in s["judges"] for note in (j, "")]
         lines += [f"![{s['task']}]({s['png'].name})", "", markdown_table(s["table"]), "", "Commands:", ""]
         lines += [f"{i}. `{c}`" for i, c in zip(_refs(s["table"]), rows["command"], strict=True)]
     return "\n".join(lines) + "\n"
@@ -210,6 +219,7 @@ def render_html(sections: list[dict], meta: dict) -> str:
         image = base64.b64encode(s["png"].read_bytes()).decode()
         body.append(f"<h2>{html.escape(s['task'])} <small>{html.escape(s['pair'])}</small></h2>")
         body.append(f"<p>{html.escape(_caption(s['rows']))}</p>")
+        body += [f"<p>{html.escape(j).replace('`', '')}</p>" for j in s["judges"]]
         body.append(f'<img alt="{html.escape(s["task"])} plots" src="data:image/png;base64,{image}">')
         body.append(s["table"].to_html(index=False, border=0, classes="board", escape=True))
         items = "".join(
@@ -218,6 +228,52 @@ def render_html(sections: list[dict], meta: dict) -> str:
         )
         body.append(f"<h4>Commands (run from the repository root)</h4><ol class=cmds>{items}</ol>")
     return HTML_PAGE.format(body="\n".join(body))
+
+
+def judge_notes(rows: pd.DataFrame) -> list[str]:
+    """One sentence set per judge the autojudge rows used, from its card: what it was trained on, how well it
+    separates the mined labels, what a perfect judge would accept, and what it accepts held out at the card's
+    thresholds (the sweep's own thresholds marked)."""
+    notes = []
+    for judge in dict.fromkeys(rows.loc[rows["mode"] == "autojudge", "judge"]):
+        used = sorted(t for t in rows.loc[rows["judge"] == judge, "threshold"] if pd.notna(t))
+        try:
+            card = read_card(judge)
+        except JudgeArtifactError:
+            notes.append(
+                f"Judge `{judge}`: no judge card at that path (a stand-in such as accept-all, or a judge "
+                "folder outside this checkout)."
+            )
+            continue
+        data, metrics = card.get("data", {}), card.get("metrics", {})
+        important = data.get("important", 0) / data["mismatches"] if data.get("mismatches") else None
+        text = (
+            f"Judge `{judge}` ({card.get('features')} features, C = {card.get('C')}): trained on "
+            f"{data.get('problems', '?')} {card.get('task')} problems, {data.get('mismatches', 0):,} mined "
+            "mismatches"
+            + (f", {important:.1%} of them important" if important is not None else "")
+            + f". Out-of-fold ROC-AUC {metrics.get('roc_auc', float('nan')):.3f}"
+            + (
+                f" (position alone: {metrics['reference_roc_auc_position_only']:.3f})"
+                if "reference_roc_auc_position_only" in metrics else ""
+            )
+            + "."
+        )  # fmt: skip
+        if important is not None:
+            text += f" A perfect judge would accept {1 - important:.1%} of the mined mismatches, every outcome kept."
+        held = []
+        for recall, entry in sorted(card.get("thresholds", {}).items(), key=lambda kv: float(kv[0])):
+            mark = (
+                " (in this sweep)" if any(round(t, 4) == round(entry["threshold"], 4) for t in used) else ""
+            )
+            held.append(
+                f"{entry['accept_share']:.1%} at threshold {entry['threshold']:.4f} "
+                f"(recall of important {float(recall):.2f}){mark}"
+            )
+        if held:
+            text += " Held out, it accepts " + "; ".join(held) + "."
+        notes.append(text)
+    return notes
 
 
 def _refs(table: pd.DataFrame) -> list[int]:

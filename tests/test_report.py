@@ -144,6 +144,27 @@ def test_report_files(report, run_dir):
     assert page.count('src="data:image/png;base64,') == 1
     assert not re.search(r"""(src|href)=["']?(https?:|file:|//)""", page)  # self-contained
     assert page.count("<li value=") == 6 and "autojudge-t0.7" in page
+    assert "Judge `accept-all`: no judge card at that path (a stand-in" in md  # the tiny sweep's stand-in
+
+
+def test_judge_notes_come_from_the_card_and_mark_the_sweeps_thresholds(tmp_path):
+    from autojudge_eval.report import judge_notes
+
+    folder = next((REPO / "judges" / "gsm8k").glob("*/DD-DT"))  # the shipped GSM8K judge's card
+    card = json.loads((folder / "judge.json").read_text())
+    t95 = card["thresholds"]["0.95"]
+    rows = pd.DataFrame({
+        "mode": ["target", "autojudge", "autojudge"], "judge": ["none", str(folder), str(folder)],
+        "threshold": [None, round(t95["threshold"], 4), 0.5],
+    })  # fmt: skip
+    (note,) = judge_notes(rows)
+    data = card["data"]
+    assert f"trained on {data['problems']} gsm8k problems, {data['mismatches']:,} mined mismatches" in note
+    assert f"{data['important'] / data['mismatches']:.1%} of them important" in note
+    assert f"would accept {1 - data['important'] / data['mismatches']:.1%} of the mined" in note
+    assert f"ROC-AUC {card['metrics']['roc_auc']:.3f}" in note
+    marked = f"{t95['accept_share']:.1%} at threshold {t95['threshold']:.4f} (recall of important 0.95) (in this sweep)"
+    assert marked in note and note.count("(in this sweep)") == 1  # 0.5 is no card threshold
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
