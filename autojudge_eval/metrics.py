@@ -167,8 +167,9 @@ def with_reference_answers(
     """``docs`` plus a ``reference_answers`` column when a reference run is configured, else unchanged."""
     path = reference_samples_path(reference_samples)
     if path is None:
-        logger.warning(
-            "%s: agreement is not reported: no reference run given (--metadata reference_samples or %s)",
+        logger.info(  # not a fault: a sweep's report computes agreement against its own target point
+            "%s: no agreement metric: no reference run given (--metadata reference_samples or %s); "
+            "autojudge-eval report computes it against a sweep's target-only point",
             task_name or "GSM8K",
             REFERENCE_SAMPLES_ENV,
         )

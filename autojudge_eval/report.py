@@ -158,7 +158,7 @@ def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict
                 "table": display_table(rows, ref),
                 "png": png,
                 "judges": judge_notes(rows),
-            }  # fmt: skip
+            }
         )
         ref += len(rows)
     meta = {
@@ -236,7 +236,7 @@ def judge_notes(rows: pd.DataFrame) -> list[str]:
     thresholds (the sweep's own thresholds marked)."""
     notes = []
     for judge in dict.fromkeys(rows.loc[rows["mode"] == "autojudge", "judge"]):
-        used = sorted(t for t in rows.loc[rows["judge"] == judge, "threshold"] if pd.notna(t))
+        used = {round(t, 4) for t in rows.loc[rows["judge"] == judge, "threshold"] if pd.notna(t)}
         try:
             card = read_card(judge)
         except JudgeArtifactError:
@@ -264,7 +264,7 @@ def judge_notes(rows: pd.DataFrame) -> list[str]:
         held = []
         for recall, entry in sorted(card.get("thresholds", {}).items(), key=lambda kv: float(kv[0])):
             mark = (
-                " (in this sweep)" if any(round(t, 4) == round(entry["threshold"], 4) for t in used) else ""
+                " (in this sweep)" if round(entry["threshold"], 4) in used else ""
             )
             held.append(
                 f"{entry['accept_share']:.1%} at threshold {entry['threshold']:.4f} "

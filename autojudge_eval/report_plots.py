@@ -1,5 +1,7 @@
 """The report's plots (matplotlib, Agg): accuracy against the speed ratio to target-only and against
-accepted draft tokens per cycle, one curve per method (and sweep), the target-only point marked."""
+accepted draft tokens per cycle, one curve per method (and sweep), the target-only point marked. A second
+row puts "same answer as target" on the y axis: for a weak target, accuracy against gold sits near zero for
+every method and hides what each speed gain costs; agreement with the target-only answers shows it."""
 
 from __future__ import annotations
 
@@ -12,13 +14,22 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
-    """Two panels side by side, 1100x440 px; error bars: lm-eval's stderr (accuracy), bootstrap CI (speed)."""
+    """A 2x2 grid, 1100x880 px: accuracy (top) and same answer as target (bottom) against the speed ratio
+    (left) and accepted tokens per cycle (right). Error bars: lm-eval's stderr (accuracy), the binomial
+    standard error over documents (agreement), bootstrap CI (speed). Without agreement figures (no target
+    run), the top row alone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=100)
+    with_agreement = rows["agreement"].notna().any()
+    nrows = 2 if with_agreement else 1
+    fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.4 * nrows), dpi=100, squeeze=False)
+    panels = [("accuracy", "stderr", _ylabel(rows))]
+    if with_agreement:
+        rows = rows.assign(agreement_se=_binomial_se(rows["agreement"], rows["docs"]))
+        panels.append(("agreement", "agreement_se", "same answer as target-only (share of documents)"))
     runs = list(dict.fromkeys(rows["run"]))
     for (run, mode), curve in rows.groupby(["run", "mode"], sort=False):
         curve = curve.sort_values(["topk", "threshold"], na_position="first")
@@ -29,35 +40,47 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
         }
         marker = dict(marker="*", markersize=16) if mode == "target" else dict(marker="o", markersize=6)
         label = "target only" + (f" ({run})" if len(runs) > 1 else "") if mode == "target" else label
-        for axis, x, xerr in ((left, "speedup", _xerr(curve)), (right, "accepted_per_cycle", None)):
-            points = curve[curve[x].notna() & curve["accuracy"].notna()]
-            if points.empty:
-                continue
-            yerr = points["stderr"].fillna(0).to_numpy() if points["stderr"].notna().any() else None
-            spread = None if xerr is None else xerr.loc[points.index].T.to_numpy()  # (2, n): below, above
-            axis.errorbar(
-                points[x], points["accuracy"], yerr=yerr, xerr=spread, label=label, capsize=3, elinewidth=0.8,
-                **style, **marker,
-            )  # fmt: skip
-            for _, p in points.iterrows():
-                note = _note(p)
-                if note:
-                    axis.annotate(
-                        note, (p[x], p["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8
-                    )
-    left.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    left.set(xlabel="speed ratio to target-only (tokens/s ÷ target's, same sweep)", ylabel=_ylabel(rows))
-    right.set(xlabel="accepted draft tokens per cycle", ylabel=_ylabel(rows))
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-        if not axis.has_data():
-            axis.text(0.5, 0.5, "no target-only point in this sweep", ha="center", transform=axis.transAxes)
-    left.legend(fontsize=8, loc="best")
+        for (y, err, _), (left, right) in zip(panels, axes, strict=True):
+            for axis, x, xerr in ((left, "speedup", _xerr(curve)), (right, "accepted_per_cycle", None)):
+                points = curve[curve[x].notna() & curve[y].notna()]
+                if points.empty:
+                    continue
+                yerr = points[err].fillna(0).to_numpy() if points[err].notna().any() else None
+                spread = None if xerr is None else xerr.loc[points.index].T.to_numpy()  # (2, n): below, above
+                axis.errorbar(
+                    points[x], points[y], yerr=yerr, xerr=spread, label=label, capsize=3, elinewidth=0.8,
+                    **style, **marker,
+                )  # fmt: skip
+                for i, (_, p) in enumerate(points.iterrows()):
+                    note = _note(p)
+                    if note:  # alternate above/below so that close points' labels do not overprint
+                        axis.annotate(
+                            note, (p[x], p[y]), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -13),
+                            fontsize=8,
+                        )  # fmt: skip
+    for (_, _, ylabel), (left, right) in zip(panels, axes, strict=True):
+        left.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        left.set(xlabel="speed ratio to target-only (tokens/s ÷ target's, same sweep)", ylabel=ylabel)
+        right.set(xlabel="accepted draft tokens per cycle", ylabel=ylabel)
+        for axis in (left, right):
+            axis.grid(alpha=0.3)
+            if not axis.has_data():
+                axis.text(0.5, 0.5, "no target-only point in this sweep", ha="center", transform=axis.transAxes)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for the grid, under the title, where it covers no point
+        fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(len(handles), 6),
+                   bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)  # fmt: skip
     fig.suptitle(_short(title), fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def _binomial_se(share: pd.Series, docs: pd.Series) -> pd.Series:
+    """sqrt(p (1 - p) / n) per row; NaN where the share is missing."""
+    share = pd.to_numeric(share, errors="coerce")
+    return (share * (1 - share) / docs.clip(lower=1)).pow(0.5)
 
 
 def _xerr(curve: pd.DataFrame) -> pd.DataFrame | None:

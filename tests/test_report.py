@@ -147,6 +147,23 @@ def test_report_files(report, run_dir):
     assert "Judge `accept-all`: no judge card at that path (a stand-in" in md  # the tiny sweep's stand-in
 
 
+def test_plot_adds_an_agreement_row_only_when_a_target_point_gives_one(run_dir, tmp_path):
+    from autojudge_eval.report_plots import _binomial_se, plot_group
+
+    frame = leaderboard(read_run(run_dir))
+    assert frame["agreement"].notna().all() and (frame.loc[frame["mode"] == "target", "agreement"] == 1).all()
+    both = plot_group(frame, tmp_path / "both.png", title="t")
+    alone = plot_group(frame.assign(agreement=None), tmp_path / "alone.png", title="t")
+
+    def size(png: Path) -> tuple[int, int]:  # width, height from the PNG's IHDR chunk
+        head = png.read_bytes()[16:24]
+        return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+    assert size(both) == (1100, 880) and size(alone) == (1100, 440)
+    se = _binomial_se(pd.Series([0.5, 1.0, None]), pd.Series([100, 4, 4]))
+    assert se.iloc[0] == pytest.approx(0.05) and se.iloc[1] == 0 and pd.isna(se.iloc[2])
+
+
 def test_judge_notes_come_from_the_card_and_mark_the_sweeps_thresholds(tmp_path):
     from autojudge_eval.report import judge_notes
 
