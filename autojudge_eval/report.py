@@ -263,9 +263,7 @@ def judge_notes(rows: pd.DataFrame) -> list[str]:
             text += f" A perfect judge would accept {1 - important:.1%} of the mined mismatches, every outcome kept."
         held = []
         for recall, entry in sorted(card.get("thresholds", {}).items(), key=lambda kv: float(kv[0])):
-            mark = (
-                " (in this sweep)" if round(entry["threshold"], 4) in used else ""
-            )
+            mark = " (in this sweep)" if round(entry["threshold"], 4) in used else ""
             held.append(
                 f"{entry['accept_share']:.1%} at threshold {entry['threshold']:.4f} "
                 f"(recall of important {float(recall):.2f}){mark}"

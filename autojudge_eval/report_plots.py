@@ -65,7 +65,9 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
         for axis in (left, right):
             axis.grid(alpha=0.3)
             if not axis.has_data():
-                axis.text(0.5, 0.5, "no target-only point in this sweep", ha="center", transform=axis.transAxes)
+                axis.text(
+                    0.5, 0.5, "no target-only point in this sweep", ha="center", transform=axis.transAxes
+                )
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:  # one legend for the grid, under the title, where it covers no point
         fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(len(handles), 6),
