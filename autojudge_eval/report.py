@@ -69,8 +69,11 @@ def _interval(values: np.ndarray) -> Interval:
     return Interval(float(low), float(high))
 
 
-def leaderboard(points: list[PointResult]) -> pd.DataFrame:
-    """One numeric row per point: accuracy, its stderr, speed and intervals, settings and command."""
+def leaderboard(points: list[PointResult], behaviour: dict | None = None) -> pd.DataFrame:
+    """One numeric row per point: accuracy, its stderr, speed and intervals, settings and command.
+    ``behaviour``: (run, task, point) -> same behaviour as target on the tests (code tasks; see
+    ``report_behaviour``)."""
+    behaviour = behaviour or {}
     rows = []
     for p in points:
         target = target_of(p, points)
@@ -80,6 +83,7 @@ def leaderboard(points: list[PointResult]) -> pd.DataFrame:
             "topk": p.topk, "threshold": p.threshold, "window": p.window, "judge": p.judge,
             "metric": p.metric, "accuracy": p.accuracy, "stderr": p.stderr, "docs": p.n_docs,
             "agreement": agreement(p, target),
+            "behaviour_agreement": behaviour.get((p.run_id, p.task, p.name)),
             "speedup": speedup(p, target), "speedup_low": ratio_ci.low if ratio_ci else None,
             "speedup_high": ratio_ci.high if ratio_ci else None, "tokens_per_s": p.tokens_per_s,
             "tokens_per_s_low": rate_ci.low if rate_ci else None,
@@ -98,7 +102,11 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
         **({"run": frame["run"]} if several_runs else {}),
         "method": frame["method"],
         "accuracy ± se": [_pm(a, s) for a, s in zip(frame["accuracy"], frame["stderr"], strict=True)],
-        "same answer as target": frame["agreement"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.3f}"),
+        "same answer as target": frame["agreement"].map(_share),
+        **(
+            {"same behaviour as target": frame["behaviour_agreement"].map(_share)}
+            if frame["behaviour_agreement"].notna().any() else {}
+        ),
         "× target [95% CI]": _with_ci(frame, "speedup", "{:.2f}"),
         "tokens/s [95% CI]": _with_ci(frame, "tokens_per_s", "{:.1f}"),
         "accepted/cycle": frame["accepted_per_cycle"].map("{:.2f}".format),
@@ -108,6 +116,10 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
         "cmd": [f"[{i}]" for i in range(first_ref, first_ref + len(frame))],
     })  # fmt: skip
     return out.reset_index(drop=True)
+
+
+def _share(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.3f}"
 
 
 def _with_ci(frame: pd.DataFrame, column: str, fmt: str) -> list[str]:
@@ -134,8 +146,18 @@ def groups(frame: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     return [(k, frame[(frame["task"] == k[0]) & (frame["pair"] == k[1])]) for k in keys]
 
 
-def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict[str, Path]:
-    """Read the sweep folders under ``paths``; write leaderboard.{md,html,csv} and one PNG per group."""
+def write_report(
+    paths: list[Path],
+    out_dir: Path,
+    *,
+    command: str = "",
+    behaviour: bool = True,
+    sandbox_cache: Path | None = None,
+) -> dict[str, Path]:
+    """Read the sweep folders under ``paths``; write leaderboard.{md,html,csv} and one PNG per group.
+    ``behaviour``: for code tasks, also run the programs that differ from the target's in the sandbox and
+    report how often they behave alike on the tests (``report_behaviour``; cached in ``sandbox_cache``)."""
+    from .report_behaviour import behaviour_agreements, default_cache
     from .report_plots import plot_group
 
     out_dir = Path(out_dir)
@@ -144,7 +166,8 @@ def write_report(paths: list[Path], out_dir: Path, *, command: str = "") -> dict
     points = [p for run in runs for p in read_run(run)]
     if not points:
         raise DataError(f"no finished method points in {', '.join(map(str, runs))}; run or resume the sweeps")
-    frame = leaderboard(points)
+    same = behaviour_agreements(points, cache=sandbox_cache or default_cache()) if behaviour else {}
+    frame = leaderboard(points, same)
     frame.to_csv(out_dir / "leaderboard.csv", index=False)
     sections, ref = [], 1
     for (task, pair), rows in groups(frame):
@@ -283,7 +306,16 @@ def _caption(rows: pd.DataFrame) -> str:
     docs = ", ".join(str(int(n)) for n in dict.fromkeys(rows["docs"]))
     return (
         f"Accuracy: lm-eval's {metric} ± its standard error, over {docs} documents. "
-        "× target: tokens/s over the target-only point of the same sweep; "
+        "Same answer as target: the share of documents whose filtered answer (GSM8K: the final number; code: "
+        "the extracted program's text) equals the target-only point's. "
+        + (
+            "Same behaviour as target: the share whose program does on the problem's tests what the "
+            "target-only program does (per test the same verdict, and the same output when wrong, run in the "
+            "sandbox fail-fast as the grader runs them): the criterion mining labels mismatches by. "
+            if rows["behaviour_agreement"].notna().any()
+            else ""
+        )
+        + "× target: tokens/s over the target-only point of the same sweep; "
         "intervals: 95% bootstrap over documents "
         f"({BOOTSTRAP_ITERS} resamples, seed {BOOTSTRAP_SEED}), paired with the target's. Window "
         + ", ".join(str(int(w)) for w in dict.fromkeys(rows["window"]))

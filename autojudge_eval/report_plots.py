@@ -14,8 +14,9 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
-    """A 2x2 grid, 1100x880 px: accuracy (top) and same answer as target (bottom) against the speed ratio
-    (left) and accepted tokens per cycle (right). Error bars: lm-eval's stderr (accuracy), the binomial
+    """A 2x2 grid, 1100x880 px: accuracy (top) and same answer as target (bottom; for code, same behaviour on
+    the tests when the report measured it) against the speed ratio (left) and accepted tokens per cycle
+    (right). Error bars: lm-eval's stderr (accuracy), the binomial
     standard error over documents (agreement), bootstrap CI (speed). Without agreement figures (no target
     run), the top row alone."""
     import matplotlib
@@ -23,13 +24,18 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_agreement = rows["agreement"].notna().any()
+    behaviour = "behaviour_agreement" in rows and rows["behaviour_agreement"].notna().any()
+    column = (
+        "behaviour_agreement" if behaviour else "agreement"
+    )  # code: behaviour on the tests, when measured
+    with_agreement = rows[column].notna().any()
     nrows = 2 if with_agreement else 1
     fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.4 * nrows), dpi=100, squeeze=False)
     panels = [("accuracy", "stderr", _ylabel(rows))]
     if with_agreement:
-        rows = rows.assign(agreement_se=_binomial_se(rows["agreement"], rows["docs"]))
-        panels.append(("agreement", "agreement_se", "same answer as target-only (share of documents)"))
+        rows = rows.assign(agreement_se=_binomial_se(rows[column], rows["docs"]))
+        what = "same behaviour on the tests as\ntarget-only" if behaviour else "same answer as target-only\n"
+        panels.append((column, "agreement_se", f"{what}{' ' if behaviour else ''}(share of documents)"))
     runs = list(dict.fromkeys(rows["run"]))
     for (run, mode), curve in rows.groupby(["run", "mode"], sort=False):
         curve = curve.sort_values(["topk", "threshold"], na_position="first")

@@ -128,12 +128,30 @@ def _fmt(value) -> str:
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="sweep folders (results/<run-id>) or folders above them")
     p.add_argument("--out", default="results", help="folder for leaderboard.md/.html/.csv and the plots")
+    p.add_argument(
+        "--no-behaviour",
+        dest="behaviour",
+        action="store_false",
+        help="code tasks: skip 'same behaviour as target' (which runs the differing programs in the sandbox)",
+    )
+    p.add_argument(
+        "--sandbox-cache",
+        type=Path,
+        default=None,
+        help="JSONL cache of sandbox results for that column (default: ~/.cache/autojudge-eval/report-sandbox.jsonl)",
+    )
 
 
 def report_main(args) -> int:
     from .report import write_report
 
-    files = write_report([Path(r) for r in args.runs], Path(args.out), command=_command())
+    files = write_report(
+        [Path(r) for r in args.runs],
+        Path(args.out),
+        command=_command(),
+        behaviour=args.behaviour,
+        sandbox_cache=args.sandbox_cache,
+    )
     for kind, path in files.items():
         print(f"{kind}: {path}")
     return 0

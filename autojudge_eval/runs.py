@@ -47,6 +47,9 @@ class PointResult:
     n_docs: int
     docs: dict[int, DocSpeed] = field(repr=False, default_factory=dict)
     answers: dict[int, str] = field(repr=False, default_factory=dict)  # doc -> the metric's filtered answer
+    samples: Path | None = field(
+        repr=False, default=None
+    )  # lm-eval's samples file (the docs, for code tasks)
 
     @property
     def tokens_per_s(self) -> float:
@@ -102,7 +105,7 @@ def read_point(folder: Path, run_id: str) -> PointResult:
         task=task, pair=str(info.get("pair", "?")), window=int(info.get("window", 0)),
         judge=str(info.get("judge", "none")), metric=metric, accuracy=accuracy, stderr=stderr,
         speed=info.get("speed", {}).get(task, {}).get("generate_until", {}), command=point["command"],
-        n_docs=len(docs), docs=docs, answers=answers,
+        n_docs=len(docs), docs=docs, answers=answers, samples=samples_file,
     )  # fmt: skip
 
 

@@ -1,0 +1,134 @@
+"""The report's "same behaviour as target" for code tasks: does a method's program do on the problem's tests
+what the target-only program does?
+
+Text equality ("same answer as target") counts every harmless edit as a change: a renamed variable, another
+loop, a comment. Mining labels a mismatch by behaviour on the tests (``answers.CodeOutcome``), so the report
+measures the cost of a speed gain the same way: per test, the same verdict, and the same output where the
+answer was wrong (``sandbox.behaviour_signature``). Programs whose canonical text (``ast.unparse``) is equal
+count as alike without running; the others run in the sandbox, through a cache keyed by program, tests and
+limits (JSONL, never pickle). The tests come from the ``doc`` that lm-eval logged in the target point's
+samples file, so no dataset is read again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from .runs import PointResult, target_of
+
+logger = logging.getLogger(__name__)
+
+BehaviourKey = tuple[str, str, str]  # (run_id, task, point name)
+
+
+def default_cache() -> Path:
+    """``$XDG_CACHE_HOME/autojudge-eval/report-sandbox.jsonl`` (``~/.cache`` when unset)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "autojudge-eval" / "report-sandbox.jsonl"
+
+
+def code_family(task: str) -> str | None:
+    """``livecodebench`` or ``humaneval`` for the code tasks (by name, as ``tasks/`` names them), else None."""
+    return next((f for f in ("livecodebench", "humaneval") if f in task), None)
+
+
+def behaviour_agreements(
+    points: list[PointResult],
+    *,
+    cache: Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[BehaviourKey, float]:
+    """For every point of a code task with a target-only point in its sweep: the share of the documents both
+    scored where the two programs behave alike on the problem's tests (the target's own row: 1.0)."""
+    from tqdm.auto import tqdm
+
+    from .sandbox import CachedExecutor, ProgramJob, Verdict, behaviour_signature
+
+    pending: list[tuple[BehaviourKey, int, tuple[str, str], Callable[[str], ProgramJob]]] = []
+    alike: dict[BehaviourKey, dict[int, bool | None]] = {}
+    for point in points:
+        family, target = code_family(point.task), target_of(point, points)
+        if family is None or target is None or target.samples is None:
+            continue
+        key = (point.run_id, point.task, point.name)
+        alike[key] = {}
+        docs = _docs(target.samples) if point is not target else {}
+        for doc_id in sorted(set(point.answers) & set(target.answers)):
+            mine, theirs = _program(point.answers[doc_id]), _program(target.answers[doc_id])
+            if point is target or _canonical(mine) == _canonical(theirs):
+                alike[key][doc_id] = True
+            elif doc_id not in docs:
+                alike[key][doc_id] = None  # the doc is missing from the target's samples: left out
+            else:
+                pending.append((key, doc_id, (theirs, mine), _job_maker(family, docs[doc_id])))
+    if pending:
+        executors = {family: CachedExecutor(_limits(family), path=cache, workers=workers) for family in ("livecodebench", "humaneval")}  # fmt: skip
+        bar = tqdm(pending, desc="same behaviour as target (sandbox)", unit="pair", disable=not progress)
+        for key, doc_id, (theirs, mine), make in bar:
+            executor = executors[code_family(key[1])]
+            a, b = executor.run_many([make(theirs), make(mine)])
+            if any(o.verdict is Verdict.SANDBOX_ERROR for o in (*a.outcomes, *b.outcomes)):
+                logger.warning(
+                    "%s doc %d: the sandbox failed; the document is left out of agreement", key, doc_id
+                )
+                alike[key][doc_id] = None
+            else:
+                alike[key][doc_id] = behaviour_signature(a) == behaviour_signature(b)
+    shares = {}
+    for key, per_doc in alike.items():
+        known = [v for v in per_doc.values() if v is not None]
+        if known:
+            shares[key] = sum(known) / len(known)
+    return shares
+
+
+def _program(answer_json: str) -> str:
+    """The filtered answer as ``runs.read_samples`` keeps it (JSON of lm-eval's ``filtered_resps``)."""
+    value = json.loads(answer_json)
+    while isinstance(value, list):
+        value = value[0] if value else ""
+    return value if isinstance(value, str) else ""
+
+
+def _canonical(code: str) -> str:
+    from .answers import canonical_program
+
+    return canonical_program(code)
+
+
+def _docs(samples: Path) -> dict[int, Mapping]:
+    docs: dict[int, Mapping] = {}
+    with Path(samples).open(encoding="utf-8") as fh:
+        for line in fh:
+            sample = json.loads(line)
+            docs.setdefault(sample["doc_id"], sample.get("doc") or {})
+    return docs
+
+
+def _limits(family: str):
+    from .humaneval import HUMANEVAL_LIMITS
+    from .sandbox import DEFAULT_LIMITS
+
+    return HUMANEVAL_LIMITS if family == "humaneval" else DEFAULT_LIMITS
+
+
+def _job_maker(family: str, doc: Mapping) -> Callable[[str], object]:
+    """program -> the ``ProgramJob`` the task grades it with (all tests, hidden ones included)."""
+    from .sandbox import ProgramJob
+
+    if family == "livecodebench":
+        from .livecodebench import parse_problem
+
+        tests = parse_problem(dict(doc)).tests(include_private=True)
+        return lambda code: ProgramJob(code, tests)
+    from .humaneval import HumanEvalProblem, build_program
+    from .sandbox import TestCase, TestKind
+
+    problem = HumanEvalProblem(**{k: doc[k] for k in HumanEvalProblem.__dataclass_fields__})
+    script = (TestCase("", kind=TestKind.SCRIPT),)
+    return lambda completion: ProgramJob(build_program(problem, completion), script)
