@@ -51,27 +51,33 @@ def behaviour_agreements(
 
     pending: list[tuple[BehaviourKey, int, tuple[str, str], Callable[[str], ProgramJob]]] = []
     alike: dict[BehaviourKey, dict[int, bool | None]] = {}
+    docs: dict[Path, dict[int, Mapping]] = {}  # per target samples file, read once
+    makers: dict[tuple[Path, int], Callable[[str], ProgramJob]] = {}  # per problem, its tests parsed once
     for point in points:
         family, target = code_family(point.task), target_of(point, points)
         if family is None or target is None or target.samples is None:
             continue
         key = (point.run_id, point.task, point.name)
         alike[key] = {}
-        docs = _docs(target.samples) if point is not target else {}
         for doc_id in sorted(set(point.answers) & set(target.answers)):
             mine, theirs = _program(point.answers[doc_id]), _program(target.answers[doc_id])
             if point is target or _canonical(mine) == _canonical(theirs):
                 alike[key][doc_id] = True
-            elif doc_id not in docs:
+                continue
+            if target.samples not in docs:
+                docs[target.samples] = _docs(target.samples)
+            if doc_id not in docs[target.samples]:
                 alike[key][doc_id] = None  # the doc is missing from the target's samples: left out
-            else:
-                pending.append((key, doc_id, (theirs, mine), _job_maker(family, docs[doc_id])))
+                continue
+            if (target.samples, doc_id) not in makers:
+                makers[target.samples, doc_id] = _job_maker(family, docs[target.samples][doc_id])
+            pending.append((key, doc_id, (theirs, mine), makers[target.samples, doc_id]))
     if pending:
-        executors = {family: CachedExecutor(_limits(family), path=cache, workers=workers) for family in ("livecodebench", "humaneval")}  # fmt: skip
+        families = {code_family(key[1]) for key, *_ in pending}
+        executors = {f: CachedExecutor(_limits(f), path=cache, workers=workers) for f in families}
         bar = tqdm(pending, desc="same behaviour as target (sandbox)", unit="pair", disable=not progress)
         for key, doc_id, (theirs, mine), make in bar:
-            executor = executors[code_family(key[1])]
-            a, b = executor.run_many([make(theirs), make(mine)])
+            a, b = executors[code_family(key[1])].run_many([make(theirs), make(mine)])
             if any(o.verdict is Verdict.SANDBOX_ERROR for o in (*a.outcomes, *b.outcomes)):
                 logger.warning(
                     "%s doc %d: the sandbox failed; the document is left out of agreement", key, doc_id

@@ -16,18 +16,16 @@ LINESTYLES = ("-", "--", ":", "-.")
 def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
     """A 2x2 grid, 1100x880 px: accuracy (top) and same answer as target (bottom; for code, same behaviour on
     the tests when the report measured it) against the speed ratio (left) and accepted tokens per cycle
-    (right). Error bars: lm-eval's stderr (accuracy), the binomial
-    standard error over documents (agreement), bootstrap CI (speed). Without agreement figures (no target
-    run), the top row alone."""
+    (right). Error bars: lm-eval's stderr (accuracy), the binomial standard error over documents
+    (agreement), bootstrap CI (speed). Without agreement figures (no target run), the top row alone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # code tasks: behaviour on the tests, when the report measured it; else the answers' text
     behaviour = "behaviour_agreement" in rows and rows["behaviour_agreement"].notna().any()
-    column = (
-        "behaviour_agreement" if behaviour else "agreement"
-    )  # code: behaviour on the tests, when measured
+    column = "behaviour_agreement" if behaviour else "agreement"
     with_agreement = rows[column].notna().any()
     nrows = 2 if with_agreement else 1
     fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.4 * nrows), dpi=100, squeeze=False)
