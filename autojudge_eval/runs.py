@@ -47,9 +47,8 @@ class PointResult:
     n_docs: int
     docs: dict[int, DocSpeed] = field(repr=False, default_factory=dict)
     answers: dict[int, str] = field(repr=False, default_factory=dict)  # doc -> the metric's filtered answer
-    samples: Path | None = field(
-        repr=False, default=None
-    )  # lm-eval's samples file (the docs, for code tasks)
+    # lm-eval's samples file: the report reads the code tasks' docs (their tests) from it
+    samples: Path | None = field(repr=False, default=None)
 
     @property
     def tokens_per_s(self) -> float:
