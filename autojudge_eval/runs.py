@@ -8,11 +8,14 @@ its samples file (each generation's speed record, for bootstrap intervals).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 # The accuracy column: the first of these a task reports (its first filter), else its first metric.
 PRIMARY_METRICS = ("pass@1", "exact_match", "acc_norm", "acc")
@@ -79,11 +82,41 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> list[PointResult]:
-    """The finished points of one sweep folder, in the sweep's order (unfinished ones left out)."""
+    """The finished points of one sweep folder, in the sweep's order (unfinished ones left out).
+
+    While a sweep grows its ``--limit``, its points are marked stale until the grown pass scores them again.
+    The points read are then all of one scoring: the stale ones (the last complete scoring) as long as none
+    is scored anew, else only the new ones, so that no table mixes two sets of documents."""
     run_dir = Path(run_dir)
     sweep = json.loads((run_dir / "sweep.json").read_text())
     names = [p["name"] for p in sweep.get("points", [])]
-    return [read_point(run_dir / n, sweep["run_id"]) for n in names if (run_dir / n / "point.json").is_file()]
+    stale = {}
+    for name in names:
+        try:
+            stale[name] = json.loads((run_dir / name / "point.json").read_text()).get("stale")
+        except FileNotFoundError:
+            continue
+        except json.JSONDecodeError:
+            log.warning(
+                "%s: unreadable point.json, left out (resuming the sweep redoes that point)", run_dir / name
+            )
+            continue
+    fresh = [n for n in stale if not stale[n]]
+    if len(fresh) < len(stale):
+        if fresh:
+            log.warning(
+                "%s is being scored again after its --limit grew: reading the %d point(s) scored anew (%s), "
+                "not the %d still stale",
+                run_dir, len(fresh), ", ".join(fresh), len(stale) - len(fresh),
+            )  # fmt: skip
+        else:
+            grown = next(iter(stale.values()))
+            log.warning(
+                "%s is growing its --limit (from %s to %s): reading its last complete scoring, at limit %s",
+                run_dir, grown.get("limit"), grown.get("grown_to") or "all", grown.get("limit"),
+            )  # fmt: skip
+            fresh = list(stale)
+    return [read_point(run_dir / n, sweep["run_id"]) for n in fresh]
 
 
 def read_point(folder: Path, run_id: str) -> PointResult:

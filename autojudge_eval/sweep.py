@@ -8,12 +8,15 @@ A run folder (``results/<run-id>/``) holds::
     <point>/<model folder>/ lm-eval's own outputs: results_<date>.json, samples_<task>_<date>.jsonl
 
 An interleaved sweep (``--interleave``) may be resumed with a larger ``--limit``: ``interleaved/`` keeps
-every document decoded so far, so only the new ones are decoded, and every point is scored again.
+every document decoded so far, so only the new ones are decoded, and every point is scored again. Until its
+new scoring replaces it, each point folder stays as it was, marked ``stale`` in its ``point.json``: a report
+read while the sweep grows shows the last complete scoring, never a mix of the two.
 
 Each point runs lm-eval in this process the way ``lm_eval`` runs it (``simple_evaluate``, then its
 ``EvaluationTracker`` writes the files), from an :class:`LmEvalCall` that also renders the equivalent shell
-command. A point whose ``point.json`` exists is skipped, so a killed sweep continues where it stopped; a
-point folder without one is a run that was cut off, and is redone.
+command. A point whose ``point.json`` exists (and is not stale) is skipped, so a killed sweep continues where
+it stopped; a point folder without one is a run that was cut off, and is redone. A stale point is scored again
+into ``<point>.partial/``, which replaces the old folder only once its ``point.json`` is written.
 """
 
 from __future__ import annotations
@@ -166,16 +169,27 @@ def run_sweep(
     for index, point in enumerate(points, 1):
         folder = run_dir / point.name
         folders.append(folder)
-        if (folder / POINT_FILE).is_file():
+        record = _point_record(folder)
+        if record is not None and not record.get("stale"):
             _emit(on_event, PointEvent(index, len(points), point, "skip", folder))
             continue
-        if folder.exists():
+        if record is None and folder.exists():
             log.info("redoing %s: it has no %s (cut off)", folder, POINT_FILE)
             shutil.rmtree(folder)
         _emit(on_event, PointEvent(index, len(points), point, "start", folder))
         seconds = _run_point(spec, point, folder, session, extras.get(point.name))
         _emit(on_event, PointEvent(index, len(points), point, "done", folder, seconds))
     return folders
+
+
+def _point_record(folder: Path) -> dict | None:
+    """A point folder's ``point.json`` (None when the point never finished)."""
+    try:
+        return json.loads((folder / POINT_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None  # cut off while writing the marker: redo the point
 
 
 INTERLEAVED = "interleaved"  # run_dir/interleaved/<point>.jsonl: each method's texts and speed records
@@ -227,14 +241,18 @@ def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
 
 
 def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, extra: dict | None) -> float:
-    call = spec.call(point, folder, extra)
+    """Run one point into ``<point>.partial/`` and move it to ``folder`` once finished, so that a folder
+    being replaced (a stale point of a grown sweep) stays whole until its successor is."""
+    call = spec.call(point, folder, extra)  # the command recorded: the one that writes into ``folder``
+    stage = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)  # a cut-off earlier attempt
     started, clock = _now(), time.perf_counter()
-    call.run()
+    dataclasses.replace(call, output_path=_display_path(stage)).run()
     seconds = time.perf_counter() - clock
-    results = sorted(folder.glob("*/results_*.json"))
-    samples = sorted(folder.glob(f"*/samples_{spec.task}_*.jsonl"))
+    results = sorted(stage.glob("*/results_*.json"))
+    samples = sorted(stage.glob(f"*/samples_{spec.task}_*.jsonl"))
     if not results or not samples:
-        raise ConfigError(f"lm-eval wrote no results/samples files for {spec.task} under {folder}")
+        raise ConfigError(f"lm-eval wrote no results/samples files for {spec.task} under {stage}")
     record = {
         "schema": SCHEMA_POINT,
         "name": point.name,
@@ -242,8 +260,8 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, 
         "task": spec.task,
         "command": call.command(),
         "argv": ["lm_eval", *call.argv()],
-        "results": str(results[-1].relative_to(folder)),
-        "samples": str(samples[-1].relative_to(folder)),
+        "results": str(results[-1].relative_to(stage)),
+        "samples": str(samples[-1].relative_to(stage)),
         "session": session,
         "started": started,
         "finished": _now(),
@@ -253,7 +271,9 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, 
         record["interleaved_with"] = extra["interleave"].split("|")
     if extra and "replay" in extra:
         record["speed_from"] = extra["replay"]
-    _write_json(folder / POINT_FILE, record)  # last: the finished marker
+    _write_json(stage / POINT_FILE, record)  # the finished marker
+    shutil.rmtree(folder, ignore_errors=True)  # the stale scoring this one replaces
+    stage.rename(folder)
     return seconds
 
 
@@ -342,9 +362,16 @@ def _rescore_all(sweep: dict, run_dir: Path, limit: int | None) -> None:
         before,
         limit if limit is not None else "all",
     )
-    sweep.setdefault("limit_history", []).append({"from": before, "to": limit, "date": _now()})
+    date = _now()
+    sweep.setdefault("limit_history", []).append({"from": before, "to": limit, "date": date})
     for point in sweep["points"]:
-        shutil.rmtree(run_dir / point["name"], ignore_errors=True)
+        folder = run_dir / point["name"]
+        record = _point_record(folder)
+        if record is None:
+            shutil.rmtree(folder, ignore_errors=True)  # cut off: nothing to keep
+        elif not record.get("stale"):  # kept, readable, until the grown pass scores it again
+            record["stale"] = {"limit": before, "grown_to": limit, "date": date}
+            _write_json(folder / POINT_FILE, record)
 
 
 def environment(command: str | None = None, threads: int | None = None) -> dict:

@@ -255,16 +255,40 @@ def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(
     first = (run_dir / "interleaved" / "target.jsonl").read_text().splitlines()
     assert len(first) == 2
 
+    class Killed(Exception):
+        pass
+
+    def kill_at(name):
+        def on_event(event):
+            if event.point.name == name and event.status == "start":
+                raise Killed
+
+        return on_event
+
+    grown = tiny_spec(tiny_pair_dirs, interleave=True)  # limit 3
+    with pytest.raises(Killed):  # killed before the grown pass decodes anything
+        run_sweep(grown, POINTS, run_dir, command="killed", on_event=kill_at("target"))
+    kept = read_run(run_dir)  # the scoring at limit 2 stays whole and readable, marked stale
+    assert [(p.name, p.n_docs) for p in kept] == [("target", 2), ("lossless", 2), ("autojudge-t0.5", 2)]
+    stale = json.loads((run_dir / "lossless" / "point.json").read_text())["stale"]
+    assert (stale["limit"], stale["grown_to"]) == (2, 3)
+    with pytest.raises(Killed):  # killed once target is scored anew: no table mixes limits 2 and 3
+        run_sweep(grown, POINTS, run_dir, command="killed again", on_event=kill_at("lossless"))
+    assert [(p.name, p.n_docs) for p in read_run(run_dir)] == [("target", 3)]
+    assert (run_dir / "lossless" / "point.json").is_file()  # still there until its successor is finished
+    assert not list(run_dir.glob("*.partial"))
+
     events = []
-    run_sweep(
-        tiny_spec(tiny_pair_dirs, interleave=True), POINTS, run_dir, command="grown", on_event=events.append
-    )  # limit 3
-    assert [e.status for e in events if e.status != "start"] == ["done"] * 3
+    run_sweep(grown, POINTS, run_dir, command="grown", on_event=events.append)
+    assert [e.status for e in events if e.status != "start"] == ["skip", "done", "done"]
     lines = (run_dir / "interleaved" / "target.jsonl").read_text().splitlines()
     assert lines[:2] == first and len(lines) == 3  # the first two documents were not decoded again
     for name in ("target", "lossless", "autojudge-t0.5"):
         got = {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(run_dir / name)}
         assert got == {s["doc_id"]: (s["resps"], s["exact_match"]) for s in samples(plain / name)}
+    for name in ("target", "lossless"):
+        point = json.loads((run_dir / name / "point.json").read_text())
+        assert "stale" not in point and ".partial" not in point["command"]  # the command names the folder
     sweep = json.loads((run_dir / "sweep.json").read_text())
     assert sweep["settings"]["limit"] == 3
     assert [(h["from"], h["to"]) for h in sweep["limit_history"]] == [(2, 3)]
