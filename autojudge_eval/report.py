@@ -23,7 +23,7 @@ import pandas as pd
 
 from .errors import DataError, JudgeArtifactError
 from .judge import read_card
-from .runs import PointResult, agreement, find_runs, read_run, speedup, target_of
+from .runs import PointResult, agreement, find_runs, growth_note, read_run, speedup, target_of
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ def _run_summary(run: Path) -> dict:
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         "timing": "methods timed back to back per request (interleaved)" if interleaved
         else "points timed one after another",
+        "growth": growth_note(run),
     }  # fmt: skip
 
 
@@ -327,6 +328,7 @@ def _run_line(r: dict, md: bool = False) -> str:
     text = (
         f"{r['run']}: {r['cpu']}, torch threads {r['threads']}, git {r['git']}, started {r['date']}"
         f" ({r['sessions']} session{'s' if r['sessions'] != 1 else ''}); {r['timing']}; {r['versions']}"
+        + (f"; {r['growth']}" if r.get("growth") else "")
     )
     return f"- {text}" if md else html.escape(text)
 

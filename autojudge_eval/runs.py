@@ -119,6 +119,23 @@ def read_run(run_dir: Path) -> list[PointResult]:
     return [read_point(run_dir / n, sweep["run_id"]) for n in fresh]
 
 
+def growth_note(run_dir: Path) -> str | None:
+    """What :func:`read_run` reads of a sweep caught growing its ``--limit`` (None for a settled sweep)."""
+    stale = []
+    for file in Path(run_dir).glob("*/point.json"):
+        try:
+            stale.append(json.loads(file.read_text()).get("stale"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    grown = next((s for s in stale if s), None)
+    if grown is None:
+        return None
+    old, new = grown.get("limit"), grown.get("grown_to") or "all"
+    if all(stale):
+        return f"growing its --limit from {old} to {new}: shown is its last complete scoring, at limit {old}"
+    return f"being scored again after its --limit grew from {old} to {new}: shown are the points scored anew"
+
+
 def read_point(folder: Path, run_id: str) -> PointResult:
     folder = Path(folder)
     point = json.loads((folder / "point.json").read_text())

@@ -17,7 +17,7 @@ import tiny_models
 
 from autojudge_eval import cli
 from autojudge_eval.report import bootstrap_speed, leaderboard
-from autojudge_eval.runs import DocSpeed, PointResult, agreement, primary_metric, read_run
+from autojudge_eval.runs import DocSpeed, PointResult, agreement, growth_note, primary_metric, read_run
 from autojudge_eval.sweep import MethodPoint, SweepSpec, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +145,26 @@ def test_report_files(report, run_dir):
     assert not re.search(r"""(src|href)=["']?(https?:|file:|//)""", page)  # self-contained
     assert page.count("<li value=") == 6 and "autojudge-t0.7" in page
     assert "Judge `accept-all`: no judge card at that path (a stand-in" in md  # the tiny sweep's stand-in
+
+
+def test_a_growing_sweep_reports_its_last_complete_scoring_and_says_so(run_dir, tmp_path):
+    grown = tmp_path / "runs" / "tiny-sweep"
+    shutil.copytree(run_dir, grown)
+    for file in grown.glob("*/point.json"):  # what a resume with a larger --limit leaves before it rescores
+        record = json.loads(file.read_text())
+        file.write_text(json.dumps({**record, "stale": {"limit": 4, "grown_to": None, "date": "d"}}))
+    assert len(read_run(grown)) == 6
+    out = tmp_path / "out"
+    assert cli.main(["report", str(grown), "--out", str(out)]) == 0
+    md = (out / "leaderboard.md").read_text()
+    assert "growing its --limit from 4 to all: shown is its last complete scoring, at limit 4" in md
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 6
+
+    record = json.loads((grown / "target" / "point.json").read_text())
+    del record["stale"]  # target scored anew: the stale points are not mixed with it
+    (grown / "target" / "point.json").write_text(json.dumps(record))
+    assert [p.name for p in read_run(grown)] == ["target"]
+    assert "being scored again" in growth_note(grown) and growth_note(run_dir) is None
 
 
 def test_plot_adds_an_agreement_row_only_when_a_target_point_gives_one(run_dir, tmp_path):
