@@ -89,49 +89,41 @@ def read_run(run_dir: Path) -> list[PointResult]:
     is scored anew, else only the new ones, so that no table mixes two sets of documents."""
     run_dir = Path(run_dir)
     sweep = json.loads((run_dir / "sweep.json").read_text())
-    names = [p["name"] for p in sweep.get("points", [])]
-    stale = {}
-    for name in names:
+    marks = _stale_marks(run_dir, sweep)
+    note = _growth_text(marks)
+    if note:
+        log.warning("%s is %s", run_dir, note)
+    fresh = [n for n, mark in marks.items() if not mark] or list(marks)
+    return [read_point(run_dir / n, sweep["run_id"]) for n in fresh]
+
+
+def growth_note(run_dir: Path) -> str | None:
+    """What :func:`read_run` reads of a sweep caught growing its ``--limit`` (None for a settled sweep)."""
+    run_dir = Path(run_dir)
+    return _growth_text(_stale_marks(run_dir, json.loads((run_dir / "sweep.json").read_text())))
+
+
+def _stale_marks(run_dir: Path, sweep: dict) -> dict[str, dict | None]:
+    """Each finished point's ``stale`` mark (None when current), in the sweep's order."""
+    marks = {}
+    for name in (p["name"] for p in sweep.get("points", [])):
         try:
-            stale[name] = json.loads((run_dir / name / "point.json").read_text()).get("stale")
+            marks[name] = json.loads((run_dir / name / "point.json").read_text()).get("stale")
         except FileNotFoundError:
             continue
         except json.JSONDecodeError:
             log.warning(
                 "%s: unreadable point.json, left out (resuming the sweep redoes that point)", run_dir / name
             )
-            continue
-    fresh = [n for n in stale if not stale[n]]
-    if len(fresh) < len(stale):
-        if fresh:
-            log.warning(
-                "%s is being scored again after its --limit grew: reading the %d point(s) scored anew (%s), "
-                "not the %d still stale",
-                run_dir, len(fresh), ", ".join(fresh), len(stale) - len(fresh),
-            )  # fmt: skip
-        else:
-            grown = next(iter(stale.values()))
-            log.warning(
-                "%s is growing its --limit (from %s to %s): reading its last complete scoring, at limit %s",
-                run_dir, grown.get("limit"), grown.get("grown_to") or "all", grown.get("limit"),
-            )  # fmt: skip
-            fresh = list(stale)
-    return [read_point(run_dir / n, sweep["run_id"]) for n in fresh]
+    return marks
 
 
-def growth_note(run_dir: Path) -> str | None:
-    """What :func:`read_run` reads of a sweep caught growing its ``--limit`` (None for a settled sweep)."""
-    stale = []
-    for file in Path(run_dir).glob("*/point.json"):
-        try:
-            stale.append(json.loads(file.read_text()).get("stale"))
-        except (OSError, json.JSONDecodeError):
-            continue
-    grown = next((s for s in stale if s), None)
+def _growth_text(marks: dict[str, dict | None]) -> str | None:
+    grown = next((m for m in marks.values() if m), None)
     if grown is None:
         return None
     old, new = grown.get("limit"), grown.get("grown_to") or "all"
-    if all(stale):
+    if all(marks.values()):
         return f"growing its --limit from {old} to {new}: shown is its last complete scoring, at limit {old}"
     return f"being scored again after its --limit grew from {old} to {new}: shown are the points scored anew"
 
