@@ -69,13 +69,14 @@ class LmEvalCall:
         cfg = self.config()
         tracker = EvaluationTracker(output_path=cfg.output_path)
         seeds = cfg.seed
+        manager = _task_manager(cfg.include_path, cfg.tasks, cfg.metadata)
         results = simple_evaluate(
             model=cfg.model, model_args=cfg.model_args, tasks=cfg.tasks, num_fewshot=cfg.num_fewshot,
             batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, device=cfg.device,
             limit=cfg.limit, log_samples=cfg.log_samples, evaluation_tracker=tracker,
             system_instruction=cfg.system_instruction, apply_chat_template=cfg.apply_chat_template,
             fewshot_as_multiturn=cfg.fewshot_as_multiturn, gen_kwargs=cfg.gen_kwargs,
-            task_manager=_task_manager(cfg), random_seed=seeds[0], numpy_random_seed=seeds[1],
+            task_manager=manager, random_seed=seeds[0], numpy_random_seed=seeds[1],
             torch_random_seed=seeds[2], fewshot_random_seed=seeds[3], metadata=cfg.metadata,
         )  # fmt: skip
         samples = results.pop("samples")
@@ -85,18 +86,35 @@ class LmEvalCall:
         return results
 
 
-def _task_manager(cfg):
-    """lm-eval's task index for ``cfg``: only the include path when it holds every task asked for (indexing
-    lm-eval's ~15k built-in tasks takes seconds per point), else the built-ins too, as ``lm_eval`` does."""
+def task_docs(task: str, include_path: str) -> list[dict]:
+    """The documents lm-eval evaluates for ``task`` (its ``eval_docs``, in order: a sample's ``doc_id`` indexes
+    this list), built as ``lm_eval --include_path include_path --tasks task`` builds them, from the data the
+    current environment points at (``AUTOJUDGE_DATA_DIR`` or the hub)."""
+    manager = _task_manager(include_path, [task])
+    return [dict(doc) for doc in manager.load(task)["tasks"][task].eval_docs]
+
+
+def doc_hash(doc: dict) -> str:
+    """lm-eval's ``doc_hash`` of a document, as its samples files record it."""
+    import json
+
+    from lm_eval.utils import handle_non_serializable, hash_string
+
+    return hash_string(json.dumps(doc, indent=2, default=handle_non_serializable, ensure_ascii=False))
+
+
+def _task_manager(include_path: str, tasks: list[str], metadata: dict | None = None):
+    """lm-eval's task index for ``tasks``: only the include path when it holds them all (indexing lm-eval's
+    ~15k built-in tasks takes seconds per point), else the built-ins too, as ``lm_eval`` does."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=cfg.include_path, include_defaults=False, metadata=cfg.metadata)
-    if not set(cfg.tasks) <= set(manager.all_tasks):
-        manager = TaskManager(include_path=cfg.include_path, metadata=cfg.metadata)
-    missing = [t for t in cfg.tasks if t not in manager.all_tasks]
+    manager = TaskManager(include_path=include_path, include_defaults=False, metadata=metadata)
+    if not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=include_path, metadata=metadata)
+    missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
         raise ConfigError(
-            f"unknown task {', '.join(missing)} (include path {cfg.include_path}); "
+            f"unknown task {', '.join(missing)} (include path {include_path}); "
             "see `lm_eval ls tasks` or the YAMLs under tasks/"
         )
     return manager

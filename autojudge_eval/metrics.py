@@ -66,11 +66,13 @@ class FilteredAnswer(str):
 
 @dataclass(frozen=True)
 class ReferenceDoc:
-    """One doc of a reference run: its question and the answer each filter extracted."""
+    """One doc of a reference run: its question (or, in a sweep's samples, which keep no benchmark text, only
+    lm-eval's ``doc_hash`` of it) and the answer each filter extracted."""
 
     doc_id: int
-    question: str
+    question: str | None
     answers: Mapping[str, str]
+    doc_hash: str | None = None
 
 
 # --- lm-eval hooks (named by `!function` in tasks/gsm8k/*) ---------------------------------------
@@ -176,7 +178,7 @@ def with_reference_answers(
         return docs
     file = find_reference_file(path, task_name)
     references = load_reference_samples(file)
-    check_reference_docs(docs["question"], references, file)
+    check_reference_docs(docs, references, file)
     column = [references[i].answers if i in references else None for i in range(len(docs))]
     logger.info("agreement against %s (%d of %d docs)", file, len(references), len(docs))
     return docs.add_column(REFERENCE_COLUMN, column)
@@ -224,7 +226,7 @@ def _samples_file_task(file: Path) -> str | None:
 
 def load_reference_samples(file: Path) -> dict[int, ReferenceDoc]:
     """Read an lm-eval samples file into ``{doc_id: ReferenceDoc}``; DataError names a bad line."""
-    questions: dict[int, str] = {}
+    questions: dict[int, tuple[str | None, str | None]] = {}  # doc_id -> (question, doc_hash)
     answers: dict[int, dict[str, str]] = {}
     with file.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
@@ -240,10 +242,10 @@ def load_reference_samples(file: Path) -> dict[int, ReferenceDoc]:
             answers[doc_id][filter_name] = answer
     if not questions:
         raise DataError(f"{file}: no samples (expected lm-eval --log_samples output)")
-    return {i: ReferenceDoc(i, questions[i], answers[i]) for i in questions}
+    return {i: ReferenceDoc(i, questions[i][0], answers[i], questions[i][1]) for i in questions}
 
 
-def _parse_sample(line: str, file: Path, line_no: int) -> tuple[int, str, str, str]:
+def _parse_sample(line: str, file: Path, line_no: int) -> tuple[int, tuple[str | None, str | None], str, str]:
     where = f"{file}, line {line_no}"
     try:
         sample = json.loads(line)
@@ -255,17 +257,34 @@ def _parse_sample(line: str, file: Path, line_no: int) -> tuple[int, str, str, s
     filtered = sample.get("filtered_resps")
     if not isinstance(doc_id, int) or not isinstance(filter_name, str):
         raise DataError(f"{where}: expected an integer 'doc_id' and a string 'filter'")
-    if not isinstance(doc, dict) or not isinstance(doc.get("question"), str):
-        raise DataError(f"{where}: expected 'doc' with a string 'question' (a GSM8K task's samples)")
+    if isinstance(doc, dict) and isinstance(doc.get("question"), str):
+        identity = (doc["question"], None)
+    elif doc is None and isinstance(sample.get("doc_hash"), str):
+        identity = (None, sample["doc_hash"])  # a sweep's samples: the doc is dropped, its hash kept
+    else:
+        raise DataError(
+            f"{where}: expected 'doc' with a string 'question' (a GSM8K task's samples), or lm-eval's "
+            "'doc_hash' without the doc (an autojudge-eval sweep's samples)"
+        )
     if not isinstance(filtered, list) or not filtered or not isinstance(filtered[0], str):
         raise DataError(f"{where}: expected 'filtered_resps' to be a list starting with a string")
-    return doc_id, doc["question"], filter_name, filtered[0]
+    return doc_id, identity, filter_name, filtered[0]
 
 
-def check_reference_docs(questions: list[str], references: Mapping[int, ReferenceDoc], file: Path) -> None:
-    """Raise DataError unless every reference doc_id names this task's doc with the same question."""
+def check_reference_docs(docs: datasets.Dataset, references: Mapping[int, ReferenceDoc], file: Path) -> None:
+    """Raise DataError unless every reference doc_id names this task's doc: the same question, or where the
+    reference kept only lm-eval's ``doc_hash``, the same hash of the whole doc."""
+    from .lm_eval_call import doc_hash
+
+    questions = docs["question"]
     for doc_id, reference in references.items():
-        if not 0 <= doc_id < len(questions) or questions[doc_id] != reference.question:
+        if not 0 <= doc_id < len(questions):
+            same = False
+        elif reference.question is not None:
+            same = questions[doc_id] == reference.question
+        else:
+            same = doc_hash(dict(docs[doc_id])) == reference.doc_hash
+        if not same:
             raise DataError(
                 f"{file}: doc_id {doc_id} is not the same question in this task's data; the reference run "
                 "used another split, source or order (compare AUTOJUDGE_DATA_DIR of both runs)"

@@ -307,7 +307,7 @@ def _remove_shards(folder: Path, keep: set[str]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     _fsync(tmp)
     os.replace(tmp, path)
 

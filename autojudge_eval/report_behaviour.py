@@ -6,8 +6,10 @@ loop, a comment. Mining labels a mismatch by behaviour on the tests (``answers.C
 measures the cost of a speed gain the same way: per test, the same verdict, and the same output where the
 answer was wrong (``sandbox.behaviour_signature``). Programs whose canonical text (``ast.unparse``) is equal
 count as alike without running; the others run in the sandbox, through a cache keyed by program, tests and
-limits (JSONL, never pickle). The tests come from the ``doc`` that lm-eval logged in the target point's
-samples file, so no dataset is read again.
+limits (JSONL, never pickle). The tests come from the task's data (``lm_eval_call.task_docs``, the data the
+environment points at), each document checked against the ``doc_hash`` lm-eval logged for it: a sweep's
+samples files keep no benchmark text (``sweep.strip_benchmark_text``). A samples file that still holds the
+``doc`` (a plain ``lm_eval --log_samples`` run) is read as it is.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ def behaviour_agreements(
                 alike[key][doc_id] = True
                 continue
             if target.samples not in docs:
-                docs[target.samples] = _docs(target.samples)
+                docs[target.samples] = _docs(target)
             if doc_id not in docs[target.samples]:
-                alike[key][doc_id] = None  # the doc is missing from the target's samples: left out
+                alike[key][doc_id] = None  # the doc is not in the task's data as it was scored: left out
                 continue
             if (target.samples, doc_id) not in makers:
                 makers[target.samples, doc_id] = _job_maker(family, docs[target.samples][doc_id])
@@ -107,13 +109,40 @@ def _canonical(code: str) -> str:
     return canonical_program(code)
 
 
-def _docs(samples: Path) -> dict[int, Mapping]:
-    docs: dict[int, Mapping] = {}
-    with Path(samples).open(encoding="utf-8") as fh:
+def _docs(target: PointResult) -> dict[int, Mapping]:
+    """The documents the target point scored, by ``doc_id``: as logged in its samples file, else from the
+    task's data where a document's ``doc_hash`` matches the logged one (the others are left out, with a
+    warning: the data the environment points at is not what the run scored)."""
+    from .errors import AutojudgeError
+    from .lm_eval_call import doc_hash, task_docs
+
+    logged: dict[int, Mapping] = {}
+    hashes: dict[int, str] = {}
+    with Path(target.samples).open(encoding="utf-8") as fh:
         for line in fh:
             sample = json.loads(line)
-            docs.setdefault(sample["doc_id"], sample.get("doc") or {})
-    return docs
+            if isinstance(sample.get("doc"), dict):
+                logged.setdefault(sample["doc_id"], sample["doc"])
+            hashes.setdefault(sample["doc_id"], sample.get("doc_hash"))
+    if not set(hashes) - set(logged):
+        return logged
+    where = f"{target.run_id}/{target.name} ({target.task})"
+    try:
+        data = task_docs(target.task, target.include_path or "tasks")
+    except (AutojudgeError, OSError, ValueError) as exc:
+        logger.warning("%s: cannot read the task's data for its tests (%s); no behaviour column", where, exc)
+        return logged
+    found = {
+        i: data[i] for i in set(hashes) - set(logged) if i < len(data) and doc_hash(data[i]) == hashes[i]
+    }
+    lost = len(hashes) - len(logged) - len(found)
+    if lost:
+        logger.warning(
+            "%s: %d of %d documents differ from the task's data here (doc_hash); they are left out of the "
+            "behaviour column. Point AUTOJUDGE_DATA_DIR (or the hub) at the data the run used: see its command",
+            where, lost, len(hashes),
+        )  # fmt: skip
+    return {**logged, **found}
 
 
 def _limits(family: str):

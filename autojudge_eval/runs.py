@@ -50,8 +50,10 @@ class PointResult:
     n_docs: int
     docs: dict[int, DocSpeed] = field(repr=False, default_factory=dict)
     answers: dict[int, str] = field(repr=False, default_factory=dict)  # doc -> the metric's filtered answer
-    # lm-eval's samples file: the report reads the code tasks' docs (their tests) from it
+    # lm-eval's samples file, and the --include_path its task came from: the report finds the code tasks'
+    # docs (their tests) by the samples' doc_id and doc_hash
     samples: Path | None = field(repr=False, default=None)
+    include_path: str | None = field(repr=False, default=None)
 
     @property
     def tokens_per_s(self) -> float:
@@ -147,7 +149,13 @@ def read_point(folder: Path, run_id: str) -> PointResult:
         judge=str(info.get("judge", "none")), metric=metric, accuracy=accuracy, stderr=stderr,
         speed=info.get("speed", {}).get(task, {}).get("generate_until", {}), command=point["command"],
         n_docs=len(docs), docs=docs, answers=answers, samples=samples_file,
+        include_path=_option(point.get("argv", []), "--include_path"),
     )  # fmt: skip
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` in a recorded command line (None when absent)."""
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
 def primary_metric(task_results: dict) -> tuple[str, float | None, float | None]:

@@ -7,6 +7,12 @@ A run folder (``results/<run-id>/``) holds::
     <point>/point.json      the finished marker: the point, its exact ``lm_eval`` command, lm-eval's files
     <point>/<model folder>/ lm-eval's own outputs: results_<date>.json, samples_<task>_<date>.jsonl
 
+The samples file is lm-eval's without the benchmark's own text (:func:`strip_benchmark_text`): each line keeps
+the answers, metrics, speed records and lm-eval's ``doc_hash``/``prompt_hash``/``target_hash``, but not the
+``doc``, ``target`` or prompt, so a results folder can be shared or committed without the data set in it.
+Readers that need a document take it from the task's data by ``doc_id`` and check it against ``doc_hash``;
+the point's ``lm_eval`` command writes the full file again.
+
 An interleaved sweep (``--interleave``) may be resumed with a larger ``--limit``: ``interleaved/`` keeps
 every document decoded so far, so only the new ones are decoded, and every point is scored again. Until its
 new scoring replaces it, each point folder stays as it was, marked ``stale`` in its ``point.json``: a report
@@ -253,6 +259,7 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, 
     samples = sorted(stage.glob(f"*/samples_{spec.task}_*.jsonl"))
     if not results or not samples:
         raise ConfigError(f"lm-eval wrote no results/samples files for {spec.task} under {stage}")
+    strip_benchmark_text(samples[-1])
     record = {
         "schema": SCHEMA_POINT,
         "name": point.name,
@@ -275,6 +282,27 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, 
     shutil.rmtree(folder, ignore_errors=True)  # the stale scoring this one replaces
     stage.rename(folder)
     return seconds
+
+
+# a samples line's copies of the data set (besides the prompt, each request's arg_0)
+BENCHMARK_TEXT = ("doc", "target")
+
+
+def strip_benchmark_text(samples_file: Path) -> None:
+    """Rewrite an lm-eval samples file without the benchmark's text: each line's ``doc`` and ``target`` and
+    the prompt of each request (``arguments.gen_args_<i>.arg_0``). Everything else stays as lm-eval wrote
+    it, the hashes of what was dropped included. A file already stripped is left as it is."""
+    from .records import atomic_write_text
+
+    lines = []
+    for line in Path(samples_file).read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        for key in BENCHMARK_TEXT:
+            sample.pop(key, None)
+        for args in sample.get("arguments", {}).values():
+            args.pop("arg_0", None)
+        lines.append(json.dumps(sample, ensure_ascii=False))
+    atomic_write_text(Path(samples_file), "".join(f"{line}\n" for line in lines))
 
 
 def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command: str | None) -> int:

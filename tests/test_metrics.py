@@ -223,6 +223,32 @@ def test_reference_from_other_data_is_rejected(tmp_path: Path, docs: datasets.Da
         metrics.with_reference_answers(docs, "autojudge_gsm8k", str(beyond))
 
 
+def test_a_sweeps_samples_serve_as_reference_by_doc_hash(tmp_path: Path, docs: datasets.Dataset) -> None:
+    """A sweep's samples keep no doc, only lm-eval's doc_hash: the docs are matched by that hash."""
+    from autojudge_eval.lm_eval_call import doc_hash
+    from autojudge_eval.sweep import strip_benchmark_text
+
+    reference = write_samples(tmp_path / "ref.jsonl", {0: ("18", "18"), 2: ("7", "7")}, QUESTIONS)
+    lines = [json.loads(line) for line in reference.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        line["doc_hash"] = doc_hash(dict(docs[line["doc_id"]]))
+    reference.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    strip_benchmark_text(reference)
+    assert "How many" not in reference.read_text(encoding="utf-8")
+    scored = metrics.with_reference_answers(docs, "autojudge_gsm8k", str(reference))
+    assert scored[2][REFERENCE_COLUMN] == {STRICT_MATCH: "7", FLEXIBLE_EXTRACT: "7"}
+    assert scored[1][REFERENCE_COLUMN] is None
+
+    other = docs.map(lambda row: {"answer": "#### 19"})  # the same questions, other data
+    with pytest.raises(DataError, match="doc_id 0 is not the same question"):
+        metrics.with_reference_answers(other, "autojudge_gsm8k", str(reference))
+    reference.write_text(
+        '{"doc_id": 0, "filter": "strict-match", "filtered_resps": ["1"]}\n', encoding="utf-8"
+    )
+    with pytest.raises(DataError, match="or lm-eval's 'doc_hash'"):  # neither the doc nor its hash
+        metrics.load_reference_samples(reference)
+
+
 def test_missing_reference_path_is_an_error(tmp_path: Path, docs: datasets.Dataset) -> None:
     with pytest.raises(DataError, match="do not exist"):
         metrics.with_reference_answers(docs, "autojudge_gsm8k", str(tmp_path / "nope.jsonl"))

@@ -3,6 +3,7 @@ tests count as alike; a changed verdict or a changed wrong output does not. Real
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
@@ -119,6 +120,33 @@ def test_non_code_tasks_and_sweeps_without_a_target_get_no_figure(tmp_path):
     gsm = points("autojudge_gsm8k", [{"question": "?"}], {"target": ["3"], "x": ["4"]}, tmp_path)
     no_target = points("autojudge_humaneval", [HUMANEVAL_DOC], {"x": ["    return a\n"]}, tmp_path)
     assert behaviour_agreements(gsm + no_target, cache=tmp_path / "c.jsonl", progress=False) == {}
+
+
+def test_docs_missing_from_the_samples_come_from_the_task_data_checked_by_doc_hash(tmp_path, caplog):
+    """A sweep's samples keep only lm-eval's doc_hash: the tests are read from the task's data (HumanEval
+    ships in the installed package), and a document whose hash differs is left out with a warning."""
+    from autojudge_eval.lm_eval_call import doc_hash, task_docs
+
+    include = str(Path(__file__).resolve().parents[1] / "tasks")
+    docs = task_docs("autojudge_humaneval_chat", include)[:2]
+    assert docs[0]["task_id"] == "HumanEval/0"
+    solutions = [d["canonical_solution"] for d in docs]
+
+    def agreement(wrong: list[str], hashes: list[str]) -> float | None:
+        run = points("autojudge_humaneval_chat", docs, {"target": solutions, "x": wrong}, tmp_path)
+        lines = [json.dumps({"doc_id": i, "doc_hash": h}) + "\n" for i, h in enumerate(hashes)]
+        run[0].samples.write_text("".join(lines))  # as a sweep leaves it: no doc
+        run = [dataclasses.replace(p, include_path=include) for p in run]
+        found = behaviour_agreements(run, cache=tmp_path / "cache.jsonl", workers=1, progress=False)
+        return found.get(("r", "autojudge_humaneval_chat", "x"))
+
+    hashes = [doc_hash(d) for d in docs]
+    assert agreement(["    return False\n", "    return []\n"], hashes) == 0.0  # both docs found, both fail
+    assert "differ from the task's data" not in caplog.text
+    # doc 0: another text, the same behaviour; doc 1's hash is not the data's doc 1: left out
+    same = ["    unused = 0\n" + solutions[0], "    return []\n"]
+    assert agreement(same, [hashes[0], "0" * 32]) == 1.0
+    assert "1 of 2 documents differ from the task's data" in caplog.text
 
 
 @pytest.mark.parametrize("answers", ['"print(1)"', '["print(1)"]', '[["print(1)"]]'])

@@ -89,6 +89,24 @@ def test_sweep_writes_lm_eval_outputs_commands_and_environment(swept):
     assert judge_args.endswith("mode=autojudge,window=4,judge=accept-all,threshold=0.5")
 
 
+def test_a_sweeps_samples_files_keep_no_benchmark_text_but_its_hashes(swept):
+    from autojudge_eval.lm_eval_call import doc_hash, task_docs
+
+    run_dir, _ = swept
+    docs = task_docs("autojudge_tiny", "tests/test_configs")
+    for name in ("target", "lossless", "autojudge-t0.5"):
+        lines = samples(run_dir / name)
+        text = json.dumps(lines)
+        assert all(doc["question"] not in text for doc in docs[:3])  # neither as the doc nor in the prompt
+        for line in lines:
+            assert "doc" not in line and "target" not in line
+            assert line["doc_hash"] == doc_hash(docs[line["doc_id"]])  # lm-eval's, of the doc it dropped
+            assert line["prompt_hash"] and line["target_hash"] and line["resps"] and line["filtered_resps"]
+            args = line["arguments"]["gen_args_0"]
+            assert "arg_0" not in args and args["arg_1"]["until"] == ["."]  # the generation kwargs stay
+            assert "exact_match" in line
+
+
 def test_lossless_point_generates_what_target_generates(swept):
     run_dir, _ = swept
     target, lossless = (
