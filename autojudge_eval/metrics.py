@@ -226,23 +226,23 @@ def _samples_file_task(file: Path) -> str | None:
 
 def load_reference_samples(file: Path) -> dict[int, ReferenceDoc]:
     """Read an lm-eval samples file into ``{doc_id: ReferenceDoc}``; DataError names a bad line."""
-    questions: dict[int, tuple[str | None, str | None]] = {}  # doc_id -> (question, doc_hash)
+    identities: dict[int, tuple[str | None, str | None]] = {}  # doc_id -> (question, doc_hash)
     answers: dict[int, dict[str, str]] = {}
     with file.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            doc_id, question, filter_name, answer = _parse_sample(line, file, line_no)
-            if questions.setdefault(doc_id, question) != question:
+            doc_id, identity, filter_name, answer = _parse_sample(line, file, line_no)
+            if identities.setdefault(doc_id, identity) != identity:
                 raise DataError(f"{file}, line {line_no}: doc_id {doc_id} appears with two questions")
             if filter_name in answers.setdefault(doc_id, {}):
                 raise DataError(
                     f"{file}, line {line_no}: doc_id {doc_id} filter {filter_name!r} appears twice"
                 )
             answers[doc_id][filter_name] = answer
-    if not questions:
+    if not identities:
         raise DataError(f"{file}: no samples (expected lm-eval --log_samples output)")
-    return {i: ReferenceDoc(i, questions[i][0], answers[i], questions[i][1]) for i in questions}
+    return {i: ReferenceDoc(i, question, answers[i], digest) for i, (question, digest) in identities.items()}
 
 
 def _parse_sample(line: str, file: Path, line_no: int) -> tuple[int, tuple[str | None, str | None], str, str]:
