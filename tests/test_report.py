@@ -137,7 +137,8 @@ def test_report_files(report, run_dir):
     png = re.search(r"!\[autojudge_tiny\]\((leaderboard-autojudge_tiny-[0-9a-f]{8}\.png)\)", md).group(1)
     assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| method | accuracy ± se | same answer as target | × target [95% CI] |" in md
-    commands = re.findall(r"^\d+\. `(lm_eval .*)`$", md, flags=re.M)
+    # the environment the run needed (AUTOJUDGE_DATA_DIR, HF_*_OFFLINE when exported) comes first
+    commands = re.findall(r"^\d+\. `((?:[A-Z_]+=\S+ )*lm_eval .*)`$", md, flags=re.M)
     assert len(commands) == 6 and all(f"--output_path {run_dir}/" in c for c in commands)
     assert "mode=topk,window=4,topk=8" in commands[3]
     page = (report / "leaderboard.html").read_text()
