@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from autojudge_eval.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {
@@ -27,7 +27,9 @@ DTYPE_ALIASES = {
     "half": "float16",
     "float": "float32",
 }
-MODES = ("target", "lossless", "topk", "autojudge")
+MODES = ("target", "lossless", "topk", "autojudge")  # the decoding methods (sweeps call them methods)
+CONSTANT_JUDGES = {"accept-all": 0.0, "reject-all": 1.0}  # stand-ins: P(important) fixed at 0 or 1
+SHIPPED_TASKS = ("gsm8k", "livecodebench")  # benchmarks whose judges ship in judges/<task>/<pair>/
 
 
 @dataclass(frozen=True)
@@ -191,3 +193,45 @@ class DecodeConfig:
         if "stop" in raw:
             kwargs["stop"] = tuple(raw["stop"])  # type: ignore[arg-type]
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A judge as the user named it, parsed once (``judge=`` of the backend, ``--judge`` of the commands).
+
+    ``kind`` is ``"constant"`` (``accept-all`` / ``reject-all``: P(important) fixed at 0 or 1, a stand-in
+    that bounds what a judge can do), ``"shipped"`` (a benchmark name: the judge shipped for the pair in
+    ``judges/<task>/``, found once the pair is known) or ``"path"`` (a judge folder or its ``.safetensors``).
+    ``judging.artifact.resolve_judge`` turns it into the rule's inputs once the pair is loaded.
+    """
+
+    kind: str
+    value: str
+
+    @property
+    def constant(self) -> float | None:
+        """P(important) of a stand-in, None for a trained judge."""
+        return CONSTANT_JUDGES[self.value] if self.kind == "constant" else None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_judge_spec(text: str | None, *, must_exist: bool = True) -> JudgeSpec | None:
+    """``None``/``"none"`` -> None; a stand-in's name, a benchmark's name or a path -> :class:`JudgeSpec`.
+
+    A path must exist unless ``must_exist=False`` (the regression gate asks whether it does)."""
+    text = None if text is None else str(text).strip()
+    if not text or text == "none":
+        return None
+    if text in CONSTANT_JUDGES:
+        return JudgeSpec("constant", text)
+    if text in SHIPPED_TASKS:
+        return JudgeSpec("shipped", text)
+    if must_exist and not Path(text).exists():
+        raise ConfigError(
+            f"judge file not found: {text}; pass a judge folder (or its .safetensors file) from "
+            f"`autojudge-eval train`, a benchmark with a shipped judge ({', '.join(SHIPPED_TASKS)}), "
+            "or judge=accept-all / judge=reject-all (constant stand-ins)"
+        )
+    return JudgeSpec("path", text)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Test modules live in folders that mirror the package (tests/engine/, tests/sandbox/, ...); the helpers
+# they share (this file's tiny_llama, tiny_models.py) are imported from here by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DATA_DIR = Path(
     os.environ.get("AUTOJUDGE_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -71,7 +71,7 @@ def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
 def save_lenient_judge(folder: Path, target: Path, draft: Path, threshold: float | None = None) -> Path:
     """A DT judge for the tiny pair that calls every mismatch unimportant (P(important) = sigmoid(-5))."""
-    from autojudge_eval.judge import Judge
+    from autojudge_eval.judging.artifact import Judge
 
     card = {"features": "DT", "target_hidden_size": 64, "draft_hidden_size": 64, "pair": f"{target}|{draft}"}
     if threshold is not None:

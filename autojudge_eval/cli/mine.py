@@ -1,0 +1,336 @@
+"""The ``mine`` and ``train`` subcommands: arguments, problem lists, and the printed summaries.
+
+``cli/main.py`` wires them: ``add_mine_arguments(p); p.set_defaults(func=mine_main)`` (same for train). These two
+entry functions are the only code of mining and training that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from autojudge_eval.config import SHIPPED_TASKS
+from autojudge_eval.errors import ConfigError
+from autojudge_eval.provenance import command_line, now
+
+DEFAULT_MAX_NEW = {"gsm8k": 400, "livecodebench": 768}
+
+
+def add_mine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
+    p.add_argument("--draft", default=None, help="draft spec; default: self:default for the default target")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--task", choices=SHIPPED_TASKS, default="gsm8k")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="GSM8K jsonl file or folder (default: $AUTOJUDGE_DATA_DIR, else the hub); LiveCodeBench "
+        "problems.jsonl or folder (default: $AUTOJUDGE_DATA_DIR/livecodebench/release_v1)",
+    )
+    p.add_argument("--split", default="train", help="GSM8K split")
+    p.add_argument("--limit", type=int, default=200, help="mine the first N problems (before sharding)")
+    p.add_argument("--start-date", default=None, help="LiveCodeBench: first contest date (YYYY-MM-DD)")
+    p.add_argument("--end-date", default=None, help="LiveCodeBench: last contest date (YYYY-MM-DD)")
+    p.add_argument(
+        "--pass-fail-only",
+        action="store_true",
+        help="LiveCodeBench: same outcome = same pass/fail (the paper); default: same behaviour per test",
+    )
+    p.add_argument(
+        "--sandbox-cache", default=None, help="JSONL cache of sandbox runs (default: OUT/sandbox.jsonl)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer budget (default: 400 GSM8K, 768 code)"
+    )
+    p.add_argument(
+        "--lookahead", type=int, default=8, help="old-text tokens verified per target call (0: off)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="baseline: recompute every alternative's prefix")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="problems in flight, their continuations batched (default: 16 for a self-draft, else 1)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: mined/<task>/<pair>)")
+    p.add_argument(
+        "--shard", default=None, help="i/n: mine problems k with k %% n == i (combines with ranks)"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=2, help="problems per checkpoint")
+    p.add_argument(
+        "--compare-no-cache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first time N problems in the --compare-modes and without cache reuse (nothing written)",
+    )
+    p.add_argument(
+        "--compare-modes",
+        default="batched,cached,cached_no_lookahead",
+        help="comma-separated: batched, cached, cached_no_lookahead (no_cache always runs)",
+    )
+    p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+
+
+def mine_main(args) -> int:
+    from autojudge_eval.judging.artifact import pair_slug
+    from autojudge_eval.mining.search import MineSettings, compare_no_cache, make_miner, run_mining
+    from autojudge_eval.models.pair import load_pair
+    from autojudge_eval.provenance import distributed_rank, parse_shard, provenance
+
+    pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
+    settings = MineSettings(
+        max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW[args.task],
+        reuse_cache=not args.no_cache,
+        lookahead=0 if args.no_cache else args.lookahead,
+        rows=1
+        if args.no_cache
+        else args.rows or (16 if pair.drafter is not None and pair.drafter.reuses_target_states else 1),
+    )
+    if settings.rows < 1:
+        raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
+    out = Path(args.out) if args.out else Path("mined") / args.task / pair_slug(pair.name)
+    problems, data, criterion = _problems(args, pair.tokenizer, out)
+    index, count = parse_shard(args.shard)
+    rank, world = distributed_rank()
+    shard = (index * world + rank, count * world)
+    tok = pair.tokenizer
+    miner = make_miner(pair.stack, pair.drafter, pair.eos_ids, settings, lambda t: tok.decode([t]))
+    if args.compare_no_cache:
+        mine = [p for k, p in enumerate(problems) if k % shard[1] == shard[0]][: args.compare_no_cache]
+        modes = [m.strip() for m in args.compare_modes.split(",") if m.strip()]
+        speed = compare_no_cache(pair.stack, pair.drafter, pair.eos_ids, mine, settings, miner.piece, modes)
+        print(format_speed(speed))
+        if args.json:
+            print(json.dumps({"speed": speed}))
+    header = {
+        "task": args.task,
+        "pair": pair.name,
+        "target_hidden_size": pair.stack.hidden_size,
+        "draft_hidden_size": pair.draft_hidden_size,
+        "label_settings": {
+            "max_new_tokens": settings.max_new_tokens,
+            "criterion": criterion,
+            "dtype": str(pair.target.dtype).replace("torch.", ""),
+        },
+        "data": data,
+        "settings": {
+            "lookahead": settings.lookahead,
+            "reuse_cache": settings.reuse_cache,
+            "rows": settings.rows,
+        },
+        "command": command_line(),
+        "provenance": provenance(),
+    }
+    summary = run_mining(
+        miner, problems, out, header, shard=shard, checkpoint_every=args.checkpoint_every, progress=rank == 0
+    )
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
+
+
+def _problems(args, tokenizer, out: Path):
+    """(problems, data description for the manifest, outcome criterion)."""
+    from autojudge_eval.benchmarks.prompts import chat_prompt_ids
+    from autojudge_eval.mining.outcomes import CodeOutcome, GSM8KOutcome
+    from autojudge_eval.mining.search import Problem
+
+    def decode(ids) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    if args.task == "gsm8k":
+        from autojudge_eval.benchmarks.gsm8k import load_gsm8k
+        from autojudge_eval.benchmarks.prompts import gsm8k_messages
+
+        rows = load_gsm8k(args.split, args.data)
+        rows = rows.select(range(min(args.limit, len(rows))))
+        task = GSM8KOutcome(decode)
+        problems = [
+            Problem(
+                f"gsm8k-{args.split}-{i}",
+                tuple(chat_prompt_ids(tokenizer, gsm8k_messages(r["question"]))),
+                task,
+            )
+            for i, r in enumerate(rows)
+        ]
+        return (
+            problems,
+            {"source": args.data or "default", "split": args.split, "limit": args.limit},
+            "final-number",
+        )
+    from autojudge_eval.benchmarks.livecodebench import build_messages, load_livecodebench
+    from autojudge_eval.sandbox import CachedExecutor
+
+    path = args.data or _default_livecodebench()
+    found = load_livecodebench(path, start_date=args.start_date, end_date=args.end_date)
+    found = sorted(found, key=lambda p: (p.contest_date, p.id))[: args.limit]
+    out.mkdir(parents=True, exist_ok=True)
+    executor = CachedExecutor(path=args.sandbox_cache or out / "sandbox.jsonl")
+    problems = [
+        Problem(
+            p.id,
+            tuple(chat_prompt_ids(tokenizer, build_messages(p))),
+            CodeOutcome(decode, p.tests(), executor, pass_fail_only=args.pass_fail_only),
+        )
+        for p in found
+    ]
+    data = {
+        "source": str(path),
+        "start_date": args.start_date,
+        "end_date": args.end_date,
+        "limit": args.limit,
+    }
+    return problems, data, "pass-fail" if args.pass_fail_only else "behaviour"
+
+
+def _default_livecodebench() -> Path:
+    base = os.environ.get("AUTOJUDGE_DATA_DIR", "").strip()
+    if not base:
+        raise ConfigError(
+            "--task livecodebench needs --data (a problems.jsonl or its folder) or AUTOJUDGE_DATA_DIR"
+        )
+    return Path(base) / "livecodebench" / "release_v1"
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"mined {s['problems']} problems into {s['folder']} ({s['skipped_done']} already done"
+        + (f", {len(s['failed'])} failed: {', '.join(s['failed'][:5])}" if s["failed"] else "")
+        + ")",
+        f"{s['mismatches']} mismatches, {s['important_share']:.1%} important; {s['seconds']:.0f} s "
+        f"({s['seconds_per_problem']:.1f} s/problem, {s['labels_per_minute']:.1f} labels/min)",
+        "part totals: " + ", ".join(f"{k} {v}" for k, v in s["part_totals"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def format_speed(speed: dict) -> str:
+    lines = [f"labelling speed on {len(speed['problems'])} problems (same process, nothing written):"]
+    lines.append(
+        f"{'mode':<22} {'seconds':>8} {'labels':>7} {'labels/min':>11} {'speedup':>8} {'same labels':>12}"
+    )
+    for name, m in speed["modes"].items():
+        lines.append(
+            f"{name:<22} {m['seconds']:>8.1f} {m['mismatches']:>7} {m['labels_per_minute']:>11.1f} "
+            f"{m['speedup_vs_no_cache']:>7.2f}x {str(m['same_labels_as_no_cache']):>12}"
+        )
+    return "\n".join(lines)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mined", nargs="+", help="folders written by `autojudge-eval mine` (all parts are read)")
+    p.add_argument("--features", choices=("DD-DT", "DT"), default="DD-DT")
+    p.add_argument(
+        "--C", dest="cs", default="0.0001,0.001,0.01,0.1,1", help="inverse regularisation strengths"
+    )
+    p.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds (by problem)")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced")
+    p.add_argument("--recall", type=float, default=0.95, choices=(0.9, 0.95, 0.99), help="default threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="judge folder (default: judges/<task>/<pair>/<features>)")
+    p.add_argument("--json", action="store_true", help="also print the card as one JSON line")
+
+
+def train_main(args) -> int:
+    from autojudge_eval.judging.artifact import pair_slug
+    from autojudge_eval.judging.training import fit_judge, training_data
+    from autojudge_eval.mining.records import read_mined
+    from autojudge_eval.provenance import provenance
+
+    try:
+        cs = [float(c) for c in args.cs.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--C expects comma-separated numbers, got {args.cs!r}") from None
+    mined = read_mined([Path(m) for m in args.mined])
+    data = training_data(mined, args.features)
+    judge, report = fit_judge(
+        data,
+        cs=cs,
+        folds=args.folds,
+        class_weight=None if args.class_weight == "none" else "balanced",
+        default_recall=args.recall,
+        seed=args.seed,
+    )
+    judge.card.update(
+        split=describe_split(mined), command=command_line(), date=now(), provenance=provenance()
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("judges") / str(data.meta["task"]) / pair_slug(str(data.meta["pair"])) / args.features
+    )
+    weights = judge.save(out)
+    print(format_training(judge.card, weights))
+    if args.json:
+        print(json.dumps(judge.card))
+    return 0
+
+
+def describe_split(mined) -> dict:
+    """What the judge trained on, for its card: GSM8K's split, or LiveCodeBench's contest dates (read back
+    from the mined folders' problem files), so an evaluation can stay off those problems."""
+    ids = {p.problem_id for p in mined.problems}
+    task = mined.manifests[0].get("task")
+    data = [m.get("data", {}) for m in mined.manifests]
+    if task == "gsm8k":
+        splits = sorted({str(d.get("split")) for d in data})
+        return {"task": task, "problems": len(ids), "splits": splits, "evaluate_on": "the test split"}
+    if task != "livecodebench":
+        return {"task": task, "problems": len(ids)}
+    from autojudge_eval.benchmarks.livecodebench import load_livecodebench
+
+    dates = []
+    for source in sorted({str(d.get("source")) for d in data}):
+        if not Path(source).exists():
+            continue  # the hub, or a folder gone since: the ids below still say which problems
+        dates += [str(p.contest_date.date()) for p in load_livecodebench(source) if p.id in ids]
+    found = {"contest_dates": [min(dates), max(dates)]} if dates else {"contest_dates": None}
+    return {
+        "task": task, "problems": len(ids), "sources": sorted({str(d.get("source")) for d in data}), **found,
+        "problem_ids": sorted(ids),
+        "evaluate_on": "problems with later contest dates only (e.g. ../shared/data/livecodebench v5/v6)",
+    }  # fmt: skip
+
+
+def format_training(card: dict, weights: Path) -> str:
+    m, d = card["metrics"], card["data"]
+    lines = [
+        f"{card['features']} judge for {card.get('task')} / {card.get('pair')}: {d['mismatches']} mismatches "
+        f"({d['important']} important) from {d['problems']} problems",
+        "out-of-fold ROC-AUC by C: " + ", ".join(f"{c}: {auc:.3f}" for c, auc in m["roc_auc_per_C"].items()),
+        f"chosen C {card['C']} (ROC-AUC {m['roc_auc']:.3f}, {card['folds']} folds by problem)",
+        *(
+            [f"reference: the mismatch's position in the answer alone, ROC-AUC {ref:.3f} (same folds)"]
+            if (ref := m.get("reference_roc_auc_position_only")) is not None
+            else []
+        ),
+        f"{'recall':>7} {'threshold':>10} {'accepts':>8} {'unimportant accepted':>21}",
+    ]
+    for recall, t in card["thresholds"].items():
+        lines.append(
+            f"{recall:>7} {t['threshold']:>10.4f} {t['accept_share']:>8.1%} {t['unimportant_accepted']:>21.1%}"
+        )
+    lines.append(
+        f"saved {weights} (+ {weights.with_suffix('.json').name}); default threshold {card['threshold']:.4f}"
+    )
+    return "\n".join(lines)
+
+
+def add_summary_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mined", help="a folder written by `autojudge-eval mine` (all parts under it)")
+    p.add_argument("--top", type=int, default=5, help="most frequent swaps to list")
+    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+
+
+def summary_main(args) -> int:
+    from autojudge_eval.mining.summary import format_markdown, summarize_mined
+
+    summary = summarize_mined(Path(args.mined), top=args.top)
+    print(json.dumps(summary, indent=1) if args.json else format_markdown(summary))
+    return 0
