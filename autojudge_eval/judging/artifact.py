@@ -1,7 +1,7 @@
 """A trained judge as plain weights: P(important) = sigmoid(((x - mean) / scale) . weight + bias).
 
 StandardScaler + LogisticRegression reduce to these four float32 arrays. A judge is a folder holding
-``judging.artifact.safetensors`` (``mean``, ``scale``, ``weight``: (D,), ``bias``: (1,)) and ``judging.artifact.json`` (its card:
+``judge.safetensors`` (``mean``, ``scale``, ``weight``: (D,), ``bias``: (1,)) and ``judge.json`` (its card:
 format, pair, hidden sizes, task, feature set, C, metrics, thresholds, data counts and hash, command, date,
 versions). Nothing is pickled; loading checks the card against the pair the judge will run with.
 """
@@ -92,7 +92,7 @@ class Judge:
         return float(torch.sigmoid(self.logit(features)))
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``judging.artifact.safetensors`` and ``judging.artifact.json`` into ``folder``; return the weights file."""
+        """Write ``judge.safetensors`` and ``judge.json`` into ``folder``; return the weights file."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).contiguous() for name in TENSORS}
@@ -106,7 +106,7 @@ def load_judge(path: str | Path, pair=None, *, allow_other_pair: bool = False) -
     """Load a judge folder (or its ``.safetensors`` file) and check it fits ``models.pair``.
 
     Refuses pickles and anything that is not safetensors with its card. With a pair, the feature size must
-    match the pair's hidden sizes and the card's pair name must be ``models.pair.name`` (unless
+    match the pair's hidden sizes and the card's pair name must be ``pair.name`` (unless
     ``allow_other_pair``); every mismatch raises :class:`JudgeArtifactError` saying what to do.
     """
     weights, card_path = _paths(Path(path))

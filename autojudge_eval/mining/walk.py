@@ -1,7 +1,7 @@
 """The state of one problem's semi-greedy search, shared by the one-at-a-time and the batched miner.
 
 :class:`Walk` holds the text, the position of the next undecided mismatch and the labels so far;
-``mining.search.search.Miner`` and ``mining.search.batch.BatchMiner`` differ only in how they run its continuations.
+``mining.search.Miner`` and ``mining.batch.BatchMiner`` differ only in how they run its continuations.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class PointResult:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Sweep folders (those with a ``sweeps.sweep.json``) among ``paths`` and below them, sorted, without repeats."""
+    """Sweep folders (those with a ``sweep.json``) among ``paths`` and below them, sorted, without repeats."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if (path / "sweep.json").is_file():
