@@ -45,9 +45,15 @@ def label_meaning(task: str | None) -> str:
             "mined labels: a mismatch is important when taking the draft's token changes the final GSM8K number "
             "of the greedy continuation (against the target's own answer, not gold)"
         )
+    if task is not None and any(code in task for code in ("livecodebench", "humaneval")):
+        return (
+            "mined labels: a mismatch is important when taking the draft's token changes the program's "
+            "behaviour on the problem's tests (per test verdict, and output when wrong; against the target's "
+            "own program)"
+        )
     return (
-        "mined labels: a mismatch is important when taking the draft's token changes the program's behaviour "
-        "on the problem's tests (per test verdict, and output when wrong; against the target's own program)"
+        f"mined labels: a mismatch is important when taking the draft's token changes the outcome mining "
+        f"compares for task {task!r} (against the target's own answer, not gold)"
     )
 
 
