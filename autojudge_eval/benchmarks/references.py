@@ -9,11 +9,13 @@ answer with the pipeline's name. ``process_gsm8k_results`` scores the tagged ans
 
 - ``exact_match``: the answer equals the gold number after lm-eval's GSM8K normalisation
   (case-insensitive; commas, ``$``, a trailing ``.`` and anything up to ``#### `` ignored).
-- ``agreement``: the answer equals, under the same normalisation, the answer the same filter extracted
-  for the same ``doc_id`` in a reference run (normally the target model alone, run with
-  ``--log_samples``). Two unparseable answers (``[invalid]``) agree. Without a reference run the
-  metric is omitted, never estimated; a doc the reference run did not score gets NaN, so a partial
-  reference shows up as a NaN mean instead of a number over fewer docs.
+- ``agreement``: over the docs where the reference run (normally the target model alone, run with
+  ``--log_samples``) gave an answer, the share where this run's answer equals it under the same
+  normalisation (the same filter, the same ``doc_id``). Two unparseable answers (``[invalid]``) never
+  agree: a doc whose reference has no answer scores None and :func:`agreement_rate` leaves it out (the
+  report's breakdown, ``sweeps.runs.Agreement``, counts such docs in its "both blank" column). Without a
+  reference run the metric is omitted, never estimated; a doc the reference run did not score gets NaN,
+  so a partial reference shows up as a NaN mean instead of a number over fewer docs.
 
 The reference run is named by ``--metadata '{"reference_samples": PATH}'`` (recorded in the results
 file) or by the environment variable ``AUTOJUDGE_REFERENCE_SAMPLES``. PATH is an lm-eval
@@ -45,6 +47,7 @@ STRICT_MATCH = "strict-match"
 FLEXIBLE_EXTRACT = "flexible-extract"
 REFERENCE_SAMPLES_ENV = "AUTOJUDGE_REFERENCE_SAMPLES"
 REFERENCE_COLUMN = "reference_answers"
+INVALID = "[invalid]"  # what lm-eval's regex filter leaves when it finds no number
 
 
 _SAMPLES_FILE = re.compile(
@@ -83,15 +86,26 @@ class ReferenceDoc:
 # --- scoring ----------------------------------------------------------------------------------------
 
 
-def agreement(answer: str, references: Mapping[str, str | None] | None) -> float:
-    """1.0 if ``answer`` matches the reference run's answer from the same filter, else 0.0; NaN if unknown."""
+def agreement(answer: str, references: Mapping[str, str | None] | None) -> float | None:
+    """1.0 if ``answer`` is the reference run's answer from the same filter, 0.0 if the reference gave an answer
+    and this is another one or none; None if the reference has no answer (left out of :func:`agreement_rate`,
+    never a match); NaN if unknown."""
     if not isinstance(answer, FilteredAnswer):
         _warn_once("agreement needs answers tagged by a filter; end each filter pipeline with a tag_* step")
         return math.nan
     reference = references.get(answer.filter_name) if references is not None else None
     if reference is None:
         return math.nan
-    return float(answers_match(answer, reference))
+    if reference.strip() == INVALID:
+        return None
+    return float(answer.strip() != INVALID and answers_match(answer, reference))
+
+
+def agreement_rate(items: Iterable[float | None]) -> float:
+    """The ``agreement`` metric's aggregation: the mean over the docs where the reference gave an answer
+    (None items left out); NaN when there is none, or when any doc is NaN (not scored by the reference)."""
+    known = [v for v in items if v is not None]
+    return math.fsum(known) / len(known) if known else math.nan
 
 
 def tag(resps: Iterable[str], filter_name: str) -> list[FilteredAnswer]:

@@ -214,19 +214,39 @@ def format_bench(report: dict) -> str:
     lines = [
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
         f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']})",
-        f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'same as target':>15}",
+        f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'identical':>10} "
+        f"{'same answer [95% CI] (k/n)':>30} {'both blank':>11} {'lost/new/diff':>14}",
     ]
     for name, m in report["methods"].items():
-        same = m.get("identical_to_target")
+        same, agree = m.get("identical_to_target"), m.get("answer_agreement")
         lines.append(
             f"{name:<12} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x {m['tokens_per_call']:>9.2f} "
-            f"{m['accuracy']:>9.1%} {'' if same is None else f'{same:.0%}':>15}"
+            f"{m['accuracy']:>9.1%} {'' if same is None else f'{same:.0%}':>10} {_agreement_cells(agree)}"
         )
     n = report["methods"]["target"]["prompts"]
-    lines.append(
-        f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target forward"
-    )
+    lines += [
+        f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target forward;",
+        "identical = token-identical output to target-only; same answer = the same final number as target-only "
+        "over the prompts where the target gave one (k/n);",
+        "both blank = neither gave a number (never counted as agreeing); lost/new/diff = the target's number "
+        "missing / a number only the method gave / different numbers",
+    ]
     return "\n".join(lines)
+
+
+def _agreement_cells(agree: dict | None) -> str:
+    if not agree:
+        return ""
+    if agree["rate"] is None:
+        head = f"n/a (0/{agree['target_answered']})"
+    else:
+        head = (
+            f"{agree['rate']:.3f} [{agree['rate_low']:.3f}, {agree['rate_high']:.3f}] "
+            f"({agree['same']}/{agree['target_answered']})"
+        )
+    blank = f"{agree['both_blank']}/{agree['docs']}"
+    split = f"{agree['target_only']}/{agree['method_only']}/{agree['different']}"
+    return f"{head:>30} {blank:>11} {split:>14}"
 
 
 def cmd_fit_draft(args) -> int:

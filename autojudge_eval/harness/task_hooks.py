@@ -38,12 +38,14 @@ from autojudge_eval.benchmarks.references import (
     STRICT_MATCH,
     FilteredAnswer,
     agreement,
+    agreement_rate,
     tag,
 )
 from autojudge_eval.errors import ConfigError, DataError
 from autojudge_eval.sandbox import ExecResult, Verdict
 
 __all__ = [
+    "agreement_rate",
     "LCB_SLICES",
     "LcbSlice",
     "ProblemSet",
@@ -238,7 +240,7 @@ def tag_flexible_extract(resps: Iterable[str], docs: list[dict[str, Any]]) -> li
     return tag(resps, FLEXIBLE_EXTRACT)
 
 
-def process_gsm8k_results(doc: Mapping[str, Any], results: list[str]) -> dict[str, float]:
+def process_gsm8k_results(doc: Mapping[str, Any], results: list[str]) -> dict[str, float | None]:
     """Per-doc scores for one filter: ``exact_match``, plus ``agreement`` when a reference run is set."""
     answer = results[0]
     scores = {"exact_match": float(answers_match(answer, gsm8k_target(doc)))}

@@ -30,6 +30,39 @@ CARD = "judge.json"
 TENSORS = ("mean", "scale", "weight", "bias")
 REFUSED_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".npy")
 
+# What a judge's labels and the reports' agreement mean, stated in every newly trained judge's card
+# (``labels``, ``agreement``) and, for cards written before these keys existed, by the report's judge lines.
+AGREEMENT_MEANING = (
+    "reports' agreement: same real answer / documents where the target-only run gave one (two missing "
+    "answers never count as agreeing; their share is reported beside it)"
+)
+
+
+def label_meaning(task: str | None) -> str:
+    """What "important" means in the mined labels a judge of ``task`` was trained on."""
+    if task is not None and "gsm8k" in task:
+        return (
+            "mined labels: a mismatch is important when taking the draft's token changes the final GSM8K number "
+            "of the greedy continuation (against the target's own answer, not gold)"
+        )
+    if task is not None and any(code in task for code in ("livecodebench", "humaneval")):
+        return (
+            "mined labels: a mismatch is important when taking the draft's token changes the program's "
+            "behaviour on the problem's tests (per test verdict, and output when wrong; against the target's "
+            "own program)"
+        )
+    return (
+        f"mined labels: a mismatch is important when taking the draft's token changes the outcome mining "
+        f"compares for task {task!r} (against the target's own answer, not gold)"
+    )
+
+
+def card_meanings(card: dict) -> tuple[str, str]:
+    """(labels, agreement) of a card: its own statements, else those of :func:`label_meaning` and
+    :data:`AGREEMENT_MEANING` (cards trained before 2026-12-03 carry none; they are not rewritten, since sweeps
+    and the regression gate record their sha256)."""
+    return card.get("labels") or label_meaning(card.get("task")), card.get("agreement") or AGREEMENT_MEANING
+
 
 @dataclass
 class Judge:

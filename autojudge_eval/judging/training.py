@@ -20,7 +20,7 @@ import torch
 
 from autojudge_eval.engine.features import build_features, check_feature_set
 from autojudge_eval.errors import ConfigError, DataError
-from autojudge_eval.judging.artifact import Judge
+from autojudge_eval.judging.artifact import AGREEMENT_MEANING, Judge, label_meaning
 from autojudge_eval.mining.records import MinedData
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,10 @@ def fit_judge(
         "default_recall": default_recall,
         "threshold": thresholds[str(default_recall)]["threshold"],
     }
-    card = {"features": data.features, **data.meta, **report, "data": data.counts()}
+    card = {
+        "features": data.features, **data.meta, **report, "data": data.counts(),
+        "labels": label_meaning(data.meta.get("task")), "agreement": AGREEMENT_MEANING,
+    }  # fmt: skip
     return export_judge(scaler, model, card), report
 
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from autojudge_eval.sweeps.runs import PointResult, target_of
+from autojudge_eval.sweeps.runs import Agreement, PointResult, answer_text, has_answer, tally, target_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,21 @@ def behaviour_agreements(
     cache: Path | None = None,
     workers: int | None = None,
     progress: bool = True,
-) -> dict[BehaviourKey, float]:
-    """For every point of a code task with a target-only point in its sweep: the share of the documents both
-    scored where the two programs behave alike on the problem's tests (the target's own row: 1.0)."""
+) -> dict[BehaviourKey, Agreement]:
+    """For every point of a code task with a target-only point in its sweep, on the documents both scored: an
+    :class:`~autojudge_eval.sweeps.runs.Agreement` of behaviour on the problem's tests.
+
+    Only programs extracted on both sides are compared: a reply without a program on one side counts as
+    ``target_only`` / ``method_only``, on both sides as ``both_blank``, never as alike. Programs with the same
+    canonical text are alike without running; the others are run, and a pair the sandbox could not run (or
+    whose problem is not in the task's data) is ``unchecked``, outside the headline's count."""
     from tqdm.auto import tqdm
 
     from autojudge_eval.sandbox import CachedExecutor, ProgramJob, Verdict, behaviour_signature
 
     pending: list[tuple[BehaviourKey, int, tuple[str, str], Callable[[str], ProgramJob]]] = []
     alike: dict[BehaviourKey, dict[int, bool | None]] = {}
+    extracted: dict[BehaviourKey, dict[int, tuple[bool, bool]]] = {}  # (target has a program, method has one)
     docs: dict[Path, dict[int, Mapping]] = {}  # per target samples file, read once
     makers: dict[tuple[Path, int], Callable[[str], ProgramJob]] = {}  # per problem, its tests parsed once
     for point in points:
@@ -60,9 +66,13 @@ def behaviour_agreements(
         if family is None or target is None or target.samples is None:
             continue
         key = (point.run_id, point.task, point.name)
-        alike[key] = {}
+        alike[key], extracted[key] = {}, {}
         for doc_id in sorted(set(point.answers) & set(target.answers)):
             mine, theirs = _program(point.answers[doc_id]), _program(target.answers[doc_id])
+            extracted[key][doc_id] = (has_answer(theirs), has_answer(mine))
+            if not all(extracted[key][doc_id]):
+                alike[key][doc_id] = None  # read by tally() only when both sides have a program
+                continue
             if point is target or _canonical(mine) == _canonical(theirs):
                 alike[key][doc_id] = True
                 continue
@@ -87,20 +97,16 @@ def behaviour_agreements(
                 alike[key][doc_id] = None
             else:
                 alike[key][doc_id] = behaviour_signature(a) == behaviour_signature(b)
-    shares = {}
-    for key, per_doc in alike.items():
-        known = [v for v in per_doc.values() if v is not None]
-        if known:
-            shares[key] = sum(known) / len(known)
-    return shares
+    return {
+        key: tally((*extracted[key][doc_id], same) for doc_id, same in per_doc.items())
+        for key, per_doc in alike.items()
+        if per_doc
+    }
 
 
 def _program(answer_json: str) -> str:
     """The filtered answer as ``sweeps.runs.read_samples`` keeps it (JSON of lm-eval's ``filtered_resps``)."""
-    value = json.loads(answer_json)
-    while isinstance(value, list):
-        value = value[0] if value else ""
-    return value if isinstance(value, str) else ""
+    return answer_text(answer_json)
 
 
 def _canonical(code: str) -> str:

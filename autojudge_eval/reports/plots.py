@@ -1,6 +1,6 @@
 """The report's plots (matplotlib, Agg): accuracy against the speed ratio to target-only and against
 accepted draft tokens per cycle, one curve per method (and sweep), the target-only point marked. A second
-row puts "same answer as target" on the y axis: for a weak target, accuracy against gold sits near zero for
+row puts "same answer as target" (over the documents where the target gave one) on the y axis: for a weak target, accuracy against gold sits near zero for
 every method and hides what each speed gain costs; agreement with the target-only answers shows it."""
 
 from __future__ import annotations
@@ -16,24 +16,36 @@ LINESTYLES = ("-", "--", ":", "-.")
 def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
     """A 2x2 grid, 1100x880 px: accuracy (top) and same answer as target (bottom; for code, same behaviour on
     the tests when the report measured it) against the speed ratio (left) and accepted tokens per cycle
-    (right). Error bars: lm-eval's stderr (accuracy), the binomial standard error over documents
-    (agreement), bootstrap CI (speed). Without agreement figures (no target run), the top row alone."""
+    (right). The agreement rate is the same real answer over the documents where the target gave one (two
+    blanks never match; ``sweeps.runs.Agreement``). Error bars: lm-eval's stderr (accuracy), the 95% Wilson
+    interval (agreement), bootstrap CI (speed). Agreement axes span 0..1; an accuracy axis spans at least 0.05. Without agreement figures (no target run), the top row alone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     # code tasks: behaviour on the tests, when the report measured it; else the answers' text
-    behaviour = "behaviour_agreement" in rows and rows["behaviour_agreement"].notna().any()
-    column = "behaviour_agreement" if behaviour else "agreement"
+    behaviour = "behaviour" in rows and rows["behaviour"].notna().any()
+    column = "behaviour" if behaviour else "agreement"
     with_agreement = rows[column].notna().any()
     nrows = 2 if with_agreement else 1
     fig, axes = plt.subplots(nrows, 2, figsize=(11, 4.4 * nrows), dpi=100, squeeze=False)
-    panels = [("accuracy", "stderr", _ylabel(rows))]
+    panels = [("accuracy", _stderr_bars(rows), _ylabel(rows))]
     if with_agreement:
-        rows = rows.assign(agreement_se=_binomial_se(rows[column], rows["docs"]))
-        what = "same behaviour on the tests as\ntarget-only" if behaviour else "same answer as target-only\n"
-        panels.append((column, "agreement_se", f"{what}{' ' if behaviour else ''}(share of documents)"))
+        what = (
+            "same behaviour on the tests"
+            if behaviour
+            else "same final answer"
+            if _is_gsm8k(rows)
+            else "same answer"
+        )
+        panels.append(
+            (
+                column,
+                _interval_bars(rows, column),
+                f"{what} as target-only\n(share of docs where the target gave one)",
+            )
+        )
     runs = list(dict.fromkeys(rows["run"]))
     for (run, mode), curve in rows.groupby(["run", "mode"], sort=False):
         curve = curve.sort_values(["topk", "threshold"], na_position="first")
@@ -49,7 +61,7 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
                 points = curve[curve[x].notna() & curve[y].notna()]
                 if points.empty:
                     continue
-                yerr = points[err].fillna(0).to_numpy() if points[err].notna().any() else None
+                yerr = None if err is None else err.loc[points.index].T.to_numpy()  # (2, n): below, above
                 spread = None if xerr is None else xerr.loc[points.index].T.to_numpy()  # (2, n): below, above
                 axis.errorbar(
                     points[x], points[y], yerr=yerr, xerr=spread, label=label, capsize=3, elinewidth=0.8,
@@ -62,7 +74,12 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
                             note, (p[x], p[y]), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -13),
                             fontsize=8,
                         )  # fmt: skip
-    for (_, _, ylabel), (left, right) in zip(panels, axes, strict=True):
+    for (y, err, ylabel), (left, right) in zip(panels, axes, strict=True):
+        # agreement: the whole 0..1 range; accuracy: its values and error bars, never a flat axis round one point
+        values = pd.to_numeric(rows[y], errors="coerce")
+        ends = pd.concat([values - err["low"], values + err["high"]])
+        for axis in (left, right):
+            axis.set_ylim(*((-0.03, 1.03) if y == column and with_agreement else _span(ends)))
         left.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
         left.set(xlabel="speed ratio to target-only (tokens/s ÷ target's, same sweep)", ylabel=ylabel)
         right.set(xlabel="accepted draft tokens per cycle", ylabel=ylabel)
@@ -83,10 +100,35 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
     return png
 
 
-def _binomial_se(share: pd.Series, docs: pd.Series) -> pd.Series:
-    """sqrt(p (1 - p) / n) per row; NaN where the share is missing."""
-    share = pd.to_numeric(share, errors="coerce")
-    return (share * (1 - share) / docs.clip(lower=1)).pow(0.5)
+def _stderr_bars(rows: pd.DataFrame) -> pd.DataFrame:
+    """lm-eval's standard error below and above each accuracy (0 where it reports none)."""
+    se = pd.to_numeric(rows["stderr"], errors="coerce").fillna(0)
+    return pd.DataFrame({"low": se, "high": se})
+
+
+def _interval_bars(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Distances from each agreement rate to its 95% Wilson interval's ends (0 where there is none)."""
+    rate = pd.to_numeric(rows[column], errors="coerce")
+    low = (rate - pd.to_numeric(rows[f"{column}_low"], errors="coerce")).fillna(0).clip(lower=0)
+    high = (pd.to_numeric(rows[f"{column}_high"], errors="coerce") - rate).fillna(0).clip(lower=0)
+    return pd.DataFrame({"low": low, "high": high})
+
+
+def _span(values: pd.Series, least: float = 0.05) -> tuple[float, float]:
+    """y limits that show at least ``least`` of the 0..1 scale around the values, inside [-0.005, 1.005]."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    pad = max((least - (high - low)) / 2, 0.1 * (high - low), 0.005)
+    low, high = max(low - pad, -0.005), min(high + pad, 1.005)
+    if high - low < least:  # against an edge of the scale: grow the other way
+        low, high = (low, low + least) if low <= -0.005 else (high - least, high)
+    return low, high
+
+
+def _is_gsm8k(rows: pd.DataFrame) -> bool:
+    return str(rows["metric"].iloc[0]).startswith("exact_match")
 
 
 def _xerr(curve: pd.DataFrame) -> pd.DataFrame | None:

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from autojudge_eval.errors import DataError, JudgeArtifactError
-from autojudge_eval.judging.artifact import read_card
+from autojudge_eval.judging.artifact import card_meanings, read_card
 from autojudge_eval.provenance import now
 from autojudge_eval.sweeps.runs import (
+    Agreement,
     PointResult,
     agreement,
     find_runs,
@@ -90,8 +91,8 @@ def leaderboard(points: list[PointResult], behaviour: dict | None = None) -> pd.
             "task": p.task, "pair": p.pair, "run": p.run_id, "method": p.name, "mode": p.mode,
             "topk": p.topk, "threshold": p.threshold, "window": p.window, "judge": p.judge,
             "metric": p.metric, "accuracy": p.accuracy, "stderr": p.stderr, "docs": p.n_docs,
-            "agreement": agreement(p, target),
-            "behaviour_agreement": behaviour.get((p.run_id, p.task, p.name)),
+            **_agreement_columns("agreement", agreement(p, target)),
+            **_agreement_columns("behaviour", behaviour.get((p.run_id, p.task, p.name))),
             "speedup": speedup(p, target), "speedup_low": ratio_ci.low if ratio_ci else None,
             "speedup_high": ratio_ci.high if ratio_ci else None, "tokens_per_s": p.tokens_per_s,
             "tokens_per_s_low": rate_ci.low if rate_ci else None,
@@ -103,6 +104,28 @@ def leaderboard(points: list[PointResult], behaviour: dict | None = None) -> pd.
     return pd.DataFrame(rows)
 
 
+AGREEMENT_FIELDS = (
+    "same",
+    "both_blank",
+    "target_only",
+    "method_only",
+    "different",
+    "unchecked",
+    "target_answered",
+)
+
+
+def _agreement_columns(prefix: str, found: Agreement | None) -> dict:
+    """The CSV's columns of one agreement breakdown: ``{prefix}`` (the headline rate: same real answer over the
+    documents where the target gave one), its 95% Wilson ``_low``/``_high``, every count, the both-blank share."""
+    data = found.as_dict() if found is not None else {}
+    return {
+        prefix: data.get("rate"), f"{prefix}_low": data.get("rate_low"), f"{prefix}_high": data.get("rate_high"),
+        **{f"{prefix}_{name}": data.get(name) for name in AGREEMENT_FIELDS},
+        f"{prefix}_both_blank_share": data.get("both_blank_share"),
+    }  # fmt: skip
+
+
 def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
     """The human columns of one group's rows; ``cmd`` numbers the commands listed under the table."""
     several_runs = frame["run"].nunique() > 1
@@ -110,10 +133,15 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
         **({"run": frame["run"]} if several_runs else {}),
         "method": frame["method"],
         "accuracy ± se": [_pm(a, s) for a, s in zip(frame["accuracy"], frame["stderr"], strict=True)],
-        "same answer as target": frame["agreement"].map(_share),
+        "same answer as target [95% CI] (k/n)": _agreement_cells(frame, "agreement"),
+        "both blank": _blank_cells(frame, "agreement"),
+        "target only / method only / different": _split_cells(frame, "agreement"),
         **(
-            {"same behaviour as target": frame["behaviour_agreement"].map(_share)}
-            if frame["behaviour_agreement"].notna().any() else {}
+            {
+                "same behaviour as target [95% CI] (k/n)": _agreement_cells(frame, "behaviour"),
+                "behaviour not compared": _uncounted_cells(frame, "behaviour"),
+            }
+            if frame["behaviour"].notna().any() else {}
         ),
         "× target [95% CI]": _with_ci(frame, "speedup", "{:.2f}"),
         "tokens/s [95% CI]": _with_ci(frame, "tokens_per_s", "{:.1f}"),
@@ -126,8 +154,53 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _share(value) -> str:
-    return "n/a" if value is None or pd.isna(value) else f"{value:.3f}"
+def _count(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _agreement_cells(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """``0.271 [0.223, 0.326] (76/280)`` per row: the headline rate, its interval, same / target answered."""
+    cells = []
+    for _, row in frame.iterrows():
+        k, n = _count(row[f"{prefix}_same"]), _count(row[f"{prefix}_target_answered"])
+        if n is None:
+            cells.append("n/a")
+        elif not n:
+            cells.append(f"n/a (0/{n})")
+        else:
+            low, high = row[f"{prefix}_low"], row[f"{prefix}_high"]
+            cells.append(f"{row[prefix]:.3f} [{low:.3f}, {high:.3f}] ({k}/{n})")
+    return cells
+
+
+def _blank_cells(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """``0.380 (190)``: the share of documents where neither side gave an answer, and their count."""
+    return [
+        "n/a" if _count(b) is None else f"{share:.3f} ({_count(b)})"
+        for b, share in zip(frame[f"{prefix}_both_blank"], frame[f"{prefix}_both_blank_share"], strict=True)
+    ]
+
+
+def _split_cells(frame: pd.DataFrame, prefix: str) -> list[str]:
+    cols = [frame[f"{prefix}_{name}"] for name in ("target_only", "method_only", "different")]
+    return [
+        "n/a" if _count(a) is None else " / ".join(str(_count(v)) for v in (a, b, c))
+        for a, b, c in zip(*cols, strict=True)
+    ]
+
+
+def _uncounted_cells(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """Documents outside the behaviour figure: no program on either side (or on the target's), or not run."""
+    cells = []
+    for _, row in frame.iterrows():
+        if _count(row[f"{prefix}_same"]) is None:
+            cells.append("n/a")
+            continue
+        blank, mine, unrun = (
+            _count(row[f"{prefix}_{n}"]) for n in ("both_blank", "method_only", "unchecked")
+        )
+        cells.append(f"{blank + mine + unrun} ({blank} both blank, {mine} method only, {unrun} not run)")
+    return cells
 
 
 def _with_ci(frame: pd.DataFrame, column: str, fmt: str) -> list[str]:
@@ -219,9 +292,22 @@ def _run_summary(run: Path) -> dict:
     }  # fmt: skip
 
 
+def headline(sections: list[dict]) -> tuple[str, str]:
+    """The page's two opening lines: what it shows, and how to read its agreement figures."""
+    tasks = ", ".join(dict.fromkeys(s["task"] for s in sections))
+    return (
+        f"Decoding methods against the target model decoding alone, on {tasks}: accuracy against gold, how "
+        "often each method keeps the target's own answer, and its speed ratio to target-only (same sweep).",
+        '"Same answer as target" counts only documents where the target gave an answer (k/n, 95% Wilson '
+        "interval); two replies without an answer are never a match, and their share is shown beside it.",
+    )
+
+
 def render_markdown(sections: list[dict], meta: dict) -> str:
+    first, second = headline(sections)
     lines = [
-        f"# Leaderboard\n\nGenerated {meta['date']}" + (f" by `{meta['command']}`" if meta["command"] else "")
+        f"# Leaderboard\n\n**{first}**  \n{second}\n\nGenerated {meta['date']}"
+        + (f" by `{meta['command']}`" if meta["command"] else "")
     ]
     lines += ["", "Runs:", ""] + [_run_line(r, md=True) for r in meta["runs"]]
     for s in sections:
@@ -243,7 +329,11 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def render_html(sections: list[dict], meta: dict) -> str:
-    body = [f"<h1>Leaderboard</h1><p class=meta>Generated {html.escape(meta['date'])}"]
+    first, second = headline(sections)
+    body = [
+        f"<h1>Leaderboard</h1><p class=lead><strong>{html.escape(first)}</strong><br>{html.escape(second)}</p>"
+    ]
+    body.append(f"<p class=meta>Generated {html.escape(meta['date'])}")
     if meta["command"]:
         body.append(f" by <code>{html.escape(meta['command'])}</code>")
     body.append("</p><h3>Runs</h3><ul>" + "".join(f"<li>{_run_line(r)}</li>" for r in meta["runs"]) + "</ul>")
@@ -302,6 +392,8 @@ def judge_notes(rows: pd.DataFrame) -> list[str]:
             )
         if held:
             text += " Held out, it accepts " + "; ".join(held) + "."
+        labels, meaning = card_meanings(card)
+        text += f" Its {labels}; the {meaning}."
         notes.append(text)
     return notes
 
@@ -315,13 +407,18 @@ def _caption(rows: pd.DataFrame) -> str:
     docs = ", ".join(str(int(n)) for n in dict.fromkeys(rows["docs"]))
     return (
         f"Accuracy: lm-eval's {metric} ± its standard error, over {docs} documents. "
-        "Same answer as target: the share of documents whose filtered answer (GSM8K: the final number; code: "
-        "the extracted program's text) equals the target-only point's. "
+        "Same answer as target: of the documents where the target-only point gave an answer (GSM8K: a final "
+        "number, compared as exact match compares them; code: an extracted program, compared as text), the "
+        "share where this point gave the same one, with its 95% Wilson interval and the count k/n. Documents "
+        'where neither gave an answer are never counted as agreeing: their share is the "both blank" '
+        "column, beside it; the next column counts the target's answers the point lost, the answers only the "
+        "point gave, and the different answers. "
         + (
-            "Same behaviour as target: the share whose program does on the problem's tests what the "
-            "target-only program does (per test the same verdict, and the same output when wrong, run in the "
-            "sandbox fail-fast as the grader runs them): the criterion mining labels mismatches by. "
-            if rows["behaviour_agreement"].notna().any()
+            "Same behaviour as target: the same figure for behaviour on the problem's tests (per test the same "
+            "verdict, and the same output when wrong, run in the sandbox fail-fast as the grader runs them; the "
+            "criterion mining labels mismatches by): a pair counts as alike only when both programs were "
+            'extracted and ran; "behaviour not compared" says how many documents are outside it. '
+            if rows["behaviour"].notna().any()
             else ""
         )
         + "× target: tokens/s over the target-only point of the same sweep; "
@@ -354,7 +451,7 @@ table.board th, table.board td {{ padding: 3px 8px; border-bottom: 1px solid #e2
 table.board th {{ background: #f3f3f3; }}
 table.board td:first-child, table.board th:first-child {{ text-align: left; }}
 code {{ font-size: 12px; overflow-wrap: anywhere; }} ol.cmds li {{ margin: 0.3em 0; }}
-p.meta {{ color: #555; }}
+p.meta {{ color: #555; }} p.lead {{ font-size: 16px; margin: 0.4em 0 1em; }}
 </style></head><body>
 {body}
 </body></html>

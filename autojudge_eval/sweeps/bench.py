@@ -19,6 +19,7 @@ from autojudge_eval.engine.acceptance import AcceptRule, ExactMatch, JudgeAccept
 from autojudge_eval.engine.decoding import DecodeStats, sync_device
 from autojudge_eval.models.pair import Pair
 from autojudge_eval.provenance import cpu_model
+from autojudge_eval.sweeps.runs import tally
 
 
 @dataclass
@@ -28,11 +29,13 @@ class MethodRun:
     stats: DecodeStats = field(default_factory=DecodeStats)
     correct: int = 0
     outputs: list[list[int]] = field(default_factory=list)
+    answers: list[str | None] = field(default_factory=list)  # each generation's final number (None: none)
 
-    def add(self, tokens: list[int], stats: DecodeStats, correct: bool) -> None:
+    def add(self, tokens: list[int], stats: DecodeStats, correct: bool, answer: str | None = None) -> None:
         self.stats = self.stats + stats
         self.correct += int(correct)
         self.outputs.append(tokens)
+        self.answers.append(answer)
 
     def summary(self) -> dict:
         """The bench JSON's per-method fields; the names mean what they mean everywhere (docs/architecture.md)."""
@@ -106,7 +109,7 @@ def run_bench(
             tokens, stats = run(prompt)
             answer = extract_final_number(pair.tokenizer.decode(tokens, skip_special_tokens=True))
             totals[name].add(
-                tokens, stats, answer is not None and gold is not None and answers_match(answer, gold)
+                tokens, stats, answer is not None and gold is not None and answers_match(answer, gold), answer
             )
     return _report(pair, cfg, totals, stand_in, threshold)
 
@@ -122,7 +125,10 @@ def _report(
     for name in ("lossless", "hf_generate", "autojudge"):
         if name in totals:
             same = sum(a == b for a, b in zip(totals[name].outputs, reference, strict=True))
-            methods[name]["identical_to_target"] = same / max(len(reference), 1)
+            methods[name]["identical_to_target"] = same / max(len(reference), 1)  # token for token
+            methods[name]["answer_agreement"] = answer_agreement(
+                totals[name].answers, totals["target"].answers
+            )
     return {
         "methods": methods,
         "config": {
@@ -138,3 +144,14 @@ def _report(
             "torch": torch.__version__,
         },
     }
+
+
+def answer_agreement(mine: list[str | None], target: list[str | None]) -> dict:
+    """The final numbers of one method against target-only's, prompt by prompt, as an
+    :class:`~autojudge_eval.sweeps.runs.Agreement` (``as_dict``): two generations without a number never
+    count as agreeing; ``rate`` is the same number over the prompts where the target gave one."""
+    cases = [
+        (t is not None, m is not None, m is not None and t is not None and answers_match(m, t))
+        for m, t in zip(mine, target, strict=True)
+    ]
+    return tally(cases).as_dict()

@@ -4,6 +4,8 @@ One file (``results/baseline/tolerances.toml``) states the slice (tasks, documen
 the tolerances; ``results/baseline/baseline.json`` holds the numbers it is compared with:
 
 - accuracy: absolute difference, either way;
+- agreement with target-only (the same real answer over the documents where the target gave one, never two
+  blanks; ``sweeps.runs.Agreement``): absolute difference, either way;
 - accepted draft tokens per cycle: relative difference, either way (a change means decoding changed);
 - speed ratio to target-only, measured in the same run (never an absolute time): fails only when it drops by
   more than the relative tolerance; a larger gain passes with a note.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from autojudge_eval.config import parse_judge_spec
 from autojudge_eval.errors import ConfigError, DataError
-from autojudge_eval.sweeps.runs import PointResult, read_run, speedup, target_of
+from autojudge_eval.sweeps.runs import PointResult, agreement, read_run, speedup, target_of
 from autojudge_eval.sweeps.sweep import SweepSpec, environment, method_points, run_sweep
 
 if sys.version_info >= (3, 11):
@@ -35,6 +37,7 @@ SCHEMA = "autojudge-regress-baseline/1"
 @dataclass(frozen=True)
 class Tolerances:
     accuracy_abs: float
+    agreement_abs: float
     accepted_per_cycle_rel: float
     speedup_rel: float
 
@@ -132,13 +135,18 @@ def run_slice(
 
 
 def measurements(points: list[PointResult]) -> dict:
-    """``{task: {"metric": ..., "points": {name: {accuracy, accepted_per_cycle, speedup, ...}}}}``."""
+    """``{task: {"metric": ..., "points": {name: {accuracy, agreement, accepted_per_cycle, speedup, ...}}}}``;
+    ``agreement`` is the honest rate (same real answer / documents where the target gave one), and
+    ``agreement_counts`` its whole breakdown, for reading (never compared)."""
     tasks: dict = {}
     for p in points:
         entry = tasks.setdefault(p.task, {"metric": p.metric, "pair": p.pair, "points": {}})
+        found = agreement(p, target_of(p, points))
         entry["points"][p.name] = {
             "accuracy": p.accuracy,
             "accuracy_stderr": p.stderr,
+            "agreement": found.rate if found else None,
+            "agreement_counts": found.as_dict() if found else None,
             "accepted_per_cycle": p.accepted_per_cycle,
             "speedup": speedup(p, target_of(p, points)),
             "tokens_per_s": p.tokens_per_s,  # for information: never compared
@@ -189,7 +197,9 @@ def slice_difference(config: RegressConfig, baseline: dict) -> str | None:
 class Check:
     task: str
     point: str
-    quantity: str  # accuracy | accepted/cycle | x target | (presence)
+    quantity: (
+        str  # accuracy | same answer (agreement with target-only) | accepted/cycle | x target | (presence)
+    )
     baseline: float | None
     current: float | None
     allowed: str
@@ -218,6 +228,12 @@ def compare(baseline: dict, current: dict, tol: Tolerances, skipped: list[Skip] 
             checks.append(_within(task, name, "accepted/cycle", b["accepted_per_cycle"],
                                   c["accepted_per_cycle"], tol.accepted_per_cycle_rel, True))  # fmt: skip
             if not name.startswith("target"):
+                if "agreement" not in b:  # recorded before the gate checked agreement
+                    checks.append(Check(task, name, "(no same answer)", None, c.get("agreement"),
+                                        "baseline predates it: run --update", "FAIL"))  # fmt: skip
+                    continue
+                checks.append(_within(task, name, "same answer", b["agreement"], c.get("agreement"),
+                                      tol.agreement_abs, False))  # fmt: skip
                 checks.append(_speed(task, name, b["speedup"], c["speedup"], tol.speedup_rel))
         for name in sorted(set(now_points) - set(base["points"])):
             checks.append(Check(task, name, "(not in baseline)", None, None, "run --update to add", "note"))
@@ -253,8 +269,8 @@ def format_checks(checks: list[Check]) -> str:
     for c in checks:
         change = "" if c.baseline is None or c.current is None else f"{c.current - c.baseline:+.3f}"
         status = {"FAIL": "FAIL  <--", "note": "note (faster than allowed: update?)"}.get(c.status, c.status)
-        if c.status == "note" and c.quantity.startswith("("):
-            status = "note: " + c.allowed
+        if c.quantity.startswith("(") and c.status in ("note", "FAIL") and c.allowed:
+            status = f"{status}: {c.allowed}" if c.failed else "note: " + c.allowed
         lines.append(
             f"{c.task:<22} {c.point:<18} {c.quantity:<18} {_num(c.baseline):>9} {_num(c.current):>9} "
             f"{change:>8} {c.allowed if c.quantity[0] != '(' else '':>8}  {status}"
@@ -275,14 +291,22 @@ def _num(value) -> str:
 def format_values(tasks: dict) -> str:
     """The measured values per task and point (what ``--update`` records)."""
     head = (
-        f"{'task':<22} {'point':<18} {'accuracy':>9} {'accepted/cycle':>15} {'x target':>9} {'tok/s':>7}"
-        f" {'docs':>5}"
+        f"{'task':<22} {'point':<18} {'accuracy':>9} {'same answer (k/n)':>18} {'both blank':>10} "
+        f"{'accepted/cycle':>15} {'x target':>9} {'tok/s':>7} {'docs':>5}"
     )
     lines = [head, "-" * len(head)]
     for task, entry in tasks.items():
         for name, v in entry["points"].items():
-            lines.append(
-                f"{task:<22} {name:<18} {_num(v['accuracy']):>9} {v['accepted_per_cycle']:>15.3f} "
-                f"{_num(v['speedup']):>9} {v['tokens_per_s']:>7.1f} {v['docs']:>5}"
+            counts = v.get("agreement_counts") or {}
+            same = (
+                f"{_num(v.get('agreement'))} ({counts.get('same', '-')}/{counts.get('target_answered', '-')})"
             )
+            lines.append(
+                f"{task:<22} {name:<18} {_num(v['accuracy']):>9} {same:>18} {counts.get('both_blank', '-'):>10} "
+                f"{v['accepted_per_cycle']:>15.3f} {_num(v['speedup']):>9} {v['tokens_per_s']:>7.1f} {v['docs']:>5}"
+            )
+    lines.append(
+        "same answer: the same real answer as target-only over the documents where the target gave one (k/n); "
+        "both blank: documents where neither gave one (never counted as agreeing)"
+    )
     return "\n".join(lines)

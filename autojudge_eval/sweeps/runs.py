@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,15 +195,145 @@ def read_samples(samples_file: Path, filter_name: str) -> tuple[dict[int, DocSpe
     return docs, answers
 
 
-def agreement(point: PointResult, target: PointResult | None) -> float | None:
-    """Share of the documents both scored where ``point``'s filtered answer equals the target-only point's
-    (the same sweep): how often the method changes what the target alone would answer."""
+# What lm-eval's regex filters leave when they find no answer (GSM8K's "no final number"); a code task's
+# filter leaves "" when the reply has no program.
+NO_ANSWER = "[invalid]"
+WILSON_Z = 1.959963984540054  # the 95% two-sided normal quantile
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a method point's answers compare with the target-only point's, document by document.
+
+    Every document both points scored falls in exactly one of the first five counts. Two documents without an
+    answer are never a match: the headline :attr:`rate` is the same real answer over the documents where the
+    target gave one (``same / target_answered``); the both-blank share sits beside it, never folded in.
+    ``unchecked`` (code behaviour only) counts documents where both sides had a program but the comparison could
+    not be made (the sandbox failed, or the problem's tests were not found); they are in no other count.
+    """
+
+    same: int  # both gave an answer, and it is the same
+    both_blank: int  # neither gave an answer
+    target_only: int  # the target answered and the method did not
+    method_only: int  # the method answered and the target did not
+    different: int  # both answered, differently
+    unchecked: int = 0
+
+    @property
+    def docs(self) -> int:
+        """Documents both points scored (all six counts)."""
+        return (
+            self.same
+            + self.both_blank
+            + self.target_only
+            + self.method_only
+            + self.different
+            + self.unchecked
+        )
+
+    @property
+    def target_answered(self) -> int:
+        """The headline's denominator: documents where the target gave an answer (and, for behaviour, it ran)."""
+        return self.same + self.target_only + self.different
+
+    @property
+    def rate(self) -> float | None:
+        """Same real answer / documents where the target gave one (None when the target never answered)."""
+        return self.same / self.target_answered if self.target_answered else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% Wilson score interval of :attr:`rate`."""
+        return wilson_interval(self.same, self.target_answered)
+
+    @property
+    def both_blank_share(self) -> float | None:
+        """Documents where neither side answered / documents both scored."""
+        return self.both_blank / self.docs if self.docs else None
+
+    @property
+    def not_counted(self) -> int:
+        """Documents outside the headline's denominator: the target gave no answer, or unchecked."""
+        return self.both_blank + self.method_only + self.unchecked
+
+    def as_dict(self) -> dict:
+        """Every count, the headline rate with its interval, and the both-blank share (for JSON and CSV)."""
+        low, high = self.interval or (None, None)
+        return {
+            "same": self.same, "both_blank": self.both_blank, "target_only": self.target_only,
+            "method_only": self.method_only, "different": self.different, "unchecked": self.unchecked,
+            "docs": self.docs, "target_answered": self.target_answered, "rate": self.rate,
+            "rate_low": low, "rate_high": high, "both_blank_share": self.both_blank_share,
+        }  # fmt: skip
+
+    def headline(self) -> str:
+        """``0.271 [0.223, 0.326] (76/280)``: the rate, its 95% Wilson interval and the count."""
+        if self.rate is None:
+            return f"n/a (0/{self.target_answered})"
+        low, high = self.interval
+        return f"{self.rate:.3f} [{low:.3f}, {high:.3f}] ({self.same}/{self.target_answered})"
+
+
+def tally(cases: Iterable[tuple[bool, bool, bool | None]]) -> Agreement:
+    """An :class:`Agreement` from (target answered, method answered, alike) per document; ``alike`` is read only
+    when both answered, and None there means the comparison could not be made (``unchecked``)."""
+    counts = dict.fromkeys(("same", "both_blank", "target_only", "method_only", "different", "unchecked"), 0)
+    for theirs, mine, alike in cases:
+        if theirs and mine:
+            key = "unchecked" if alike is None else "same" if alike else "different"
+        else:
+            key = "target_only" if theirs else "method_only" if mine else "both_blank"
+        counts[key] += 1
+    return Agreement(**counts)
+
+
+def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float] | None:
+    """The Wilson score interval of the share k/n (None when n is 0); it stays inside [0, 1] at k = 0 or n."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends (the formula gives 1 - 1e-16)
+    return low, 1.0 if k == n else min(1.0, centre + half)
+
+
+def answer_text(answer_json: str) -> str:
+    """The filtered answer as :func:`read_samples` keeps it (JSON of lm-eval's ``filtered_resps``), as text."""
+    value = json.loads(answer_json)
+    while isinstance(value, list):
+        value = value[0] if value else ""
+    return value if isinstance(value, str) else ""
+
+
+def has_answer(text: str) -> bool:
+    """Whether a filtered answer is one: not empty, and not lm-eval's ``[invalid]`` (no match of the filter)."""
+    return bool(text.strip()) and text.strip() != NO_ANSWER
+
+
+def agreement(point: PointResult, target: PointResult | None) -> Agreement | None:
+    """``point``'s filtered answers against the target-only point's (same sweep), on the documents both scored.
+
+    "The same" is exact match's own rule for GSM8K (lm-eval's normalisation: ``18.`` is ``18``), and equal
+    text for the other tasks (the extracted program). None without a target point or a common document."""
     if target is None:
         return None
     common = [d for d in point.answers if d in target.answers]
     if not common:
         return None
-    return sum(point.answers[d] == target.answers[d] for d in common) / len(common)
+    same = _numbers_match if point.metric.startswith("exact_match") else str.__eq__
+    cases = []
+    for d in common:
+        mine, theirs = answer_text(point.answers[d]), answer_text(target.answers[d])
+        both = has_answer(mine) and has_answer(theirs)
+        cases.append((has_answer(theirs), has_answer(mine), bool(both and same(mine, theirs))))
+    return tally(cases)
+
+
+def _numbers_match(a: str, b: str) -> bool:
+    from autojudge_eval.benchmarks.gsm8k import answers_match
+
+    return answers_match(a, b)
 
 
 def target_of(point: PointResult, points: list[PointResult]) -> PointResult | None:

@@ -171,15 +171,29 @@ def test_agreement_against_reference_file(
             task_hooks.process_gsm8k_results(doc, [FilteredAnswer(answer, filter_name)])["agreement"]
             for doc, answer in zip(scored, answers, strict=True)
         ]
-        agreement[filter_name] = sum(per_doc) / len(per_doc)
-    assert agreement == {STRICT_MATCH: pytest.approx(2 / 3), FLEXIBLE_EXTRACT: pytest.approx(2 / 3)}
+        agreement[filter_name] = task_hooks.agreement_rate(per_doc)
+    # strict: the reference has no number on doc 1, which is left out (2 of 2); flexible: 17 is not 18
+    assert agreement == {STRICT_MATCH: 1.0, FLEXIBLE_EXTRACT: pytest.approx(2 / 3)}
 
 
-def test_invalid_answers_agree(tmp_path: Path, docs: datasets.Dataset) -> None:
-    reference = write_samples(tmp_path / "ref.jsonl", {0: ("[invalid]", "[invalid]")}, QUESTIONS)
+def test_two_invalid_answers_never_agree(tmp_path: Path, docs: datasets.Dataset) -> None:
+    reference = write_samples(
+        tmp_path / "ref.jsonl", {0: ("[invalid]", "[invalid]"), 1: ("18", "18"), 2: ("7", "7")}, QUESTIONS
+    )
     scored = metrics.with_reference_answers(docs, "autojudge_gsm8k", str(reference))
-    result = task_hooks.process_gsm8k_results(scored[0], [FilteredAnswer("[invalid]", STRICT_MATCH)])
-    assert result == {"exact_match": 0.0, "agreement": 1.0}
+    ours = ["[invalid]", "[invalid]", "7"]  # both blank; the reference's 18 lost; the same 7
+    per_doc = [
+        task_hooks.process_gsm8k_results(doc, [FilteredAnswer(answer, STRICT_MATCH)])
+        for doc, answer in zip(scored, ours, strict=True)
+    ]
+    assert per_doc == [
+        {"exact_match": 0.0, "agreement": None},  # the reference has no number: left out, never a match
+        {"exact_match": 0.0, "agreement": 0.0},
+        {"exact_match": 0.0, "agreement": 1.0},
+    ]
+    assert task_hooks.agreement_rate([d["agreement"] for d in per_doc]) == 0.5  # not 2 of 3
+    assert math.isnan(task_hooks.agreement_rate([None, None]))  # the reference never answered
+    assert math.isnan(task_hooks.agreement_rate([1.0, math.nan]))  # a doc the reference did not score
 
 
 def test_without_reference_agreement_is_omitted(

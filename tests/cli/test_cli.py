@@ -18,7 +18,8 @@ def test_bench_json_reports_every_method(tiny_pair_dirs, data_dir, capsys):
     args = ["bench", "--target", str(target), "--draft", str(draft), "--data", str(data_dir / "gsm8k")]
     code = main([*args, "--limit", "2", "--max-new-tokens", "12", "--threads", "1", "--json"])
     assert code == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
     methods = report["methods"]
     assert set(methods) == {"target", "lossless", "autojudge", "hf_generate"}
     assert methods["lossless"]["identical_to_target"] == 1.0
@@ -28,6 +29,36 @@ def test_bench_json_reports_every_method(tiny_pair_dirs, data_dir, capsys):
         1.0 + methods["lossless"]["accepted_per_cycle"], rel=0.5
     )
     assert all(m["tokens_per_s"] > 0 for m in methods.values())
+    # the GSM8K answer breakdown beside token identity: lossless keeps every answer the target gave
+    lossless = methods["lossless"]["answer_agreement"]
+    assert lossless["same"] == lossless["target_answered"] and lossless["docs"] == 2
+    assert lossless["target_only"] == lossless["method_only"] == lossless["different"] == 0
+    assert "same answer [95% CI] (k/n)" in out and "both blank" in out
+
+
+def test_bench_answer_breakdown_never_counts_two_blanks():
+    from autojudge_eval.cli.main import format_bench
+    from autojudge_eval.sweeps.bench import answer_agreement
+
+    found = answer_agreement([None, None, "3", "5", "7"], [None, "2", "3", None, "8"])
+    assert (found["both_blank"], found["target_only"], found["same"], found["method_only"], found["different"]) == (
+        1, 1, 1, 1, 1,
+    )  # fmt: skip
+    assert found["target_answered"] == 3 and found["rate"] == pytest.approx(1 / 3)
+    stats = {
+        "tokens_per_s": 1.0,
+        "speedup_vs_target": 1.0,
+        "tokens_per_call": 1.0,
+        "accuracy": 0.0,
+        "prompts": 5,
+    }
+    report = {
+        "config": {"pair": "p", "window": 4, "dtype": "float32", "device": "cpu", "torch_threads": 1,
+                   "judge": "j", "threshold": 0.5},
+        "methods": {"target": stats, "autojudge": {**stats, "identical_to_target": 0.0, "answer_agreement": found}},
+    }  # fmt: skip
+    line = next(line for line in format_bench(report).splitlines() if line.startswith("autojudge   "))
+    assert "0.333 [" in line and "(1/3)" in line and " 1/5 " in line and "1/1/1" in line
 
 
 def test_bench_accepts_a_draft_dtype(tiny_pair_dirs, data_dir, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,9 +96,11 @@ def test_samples_carry_prompt_and_extracted_answers(first_run: tuple[dict[str, A
 
 
 def test_agreement_with_reference_run(reference_run: dict[str, Any]) -> None:
+    """The dummy model never gives a number ("lol" -> [invalid]), in either run: two blanks never agree, so
+    there is no document to agree on and the metric is NaN, not the 1.0 that counting blanks would give."""
     for task in OUR_TASKS:
         for filter_name in FILTERS:
-            assert reference_run["results"][task][f"agreement,{filter_name}"] == 1.0
+            assert math.isnan(reference_run["results"][task][f"agreement,{filter_name}"])
 
 
 def test_stock_gsm8k_runs_offline_from_cache(reference_run: dict[str, Any]) -> None:

@@ -114,4 +114,7 @@ def test_mine_then_train_then_load(tmp_path):
     assert card["data"]["sha256"] == data.sha256 and card["task"] == "mod3" and card["command"]
     assert set(card["thresholds"]) == {"0.9", "0.95", "0.99"}
     assert 0.0 <= card["metrics"]["reference_roc_auc_position_only"] <= 1.0
+    # a new card says which labels it was trained on and which agreement the reports mean
+    assert card["labels"].startswith("mined labels: a mismatch is important") and "'mod3'" in card["labels"]
+    assert "documents where the target-only run gave one" in card["agreement"]
     np.testing.assert_allclose(judge.predict_proba(torch.from_numpy(data.x)).shape, (len(data.y),))

@@ -119,15 +119,85 @@ def test_leaderboard_rows_come_from_lm_eval_files(run_dir):
     assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"]
     # lossless answers what the target answers; accept-all at a low threshold follows the tiny draft
     assert target["agreement"] == 1.0 and row["agreement"] == 1.0
+    assert row["agreement_same"] == row["agreement_target_answered"] == 4 and row["agreement_both_blank"] == 0
     assert 0.0 <= frame.set_index("method").loc["autojudge-t0.3"]["agreement"] <= 1.0
 
 
-def test_agreement_compares_filtered_answers_doc_by_doc():
-    base, other = point({0: (1, 1.0), 1: (1, 1.0), 2: (1, 1.0)}, "target"), point({0: (1, 1.0), 1: (1, 1.0)})
-    base = dataclasses.replace(base, answers={0: '["3"]', 1: '["4"]', 2: '["5"]'})
-    other = dataclasses.replace(other, answers={0: '["3"]', 1: '["7"]'})
-    assert agreement(other, base) == 0.5  # doc 2 was not scored by the other point: left out
-    assert agreement(other, None) is None
+def answers(
+    point_: PointResult, values: dict[int, str], metric: str = "exact_match,strict-match"
+) -> PointResult:
+    """``point_`` with these filtered answers, as ``read_samples`` keeps them (JSON of ``filtered_resps``)."""
+    return dataclasses.replace(point_, metric=metric, answers={d: json.dumps([v]) for d, v in values.items()})
+
+
+def test_agreement_is_a_breakdown_where_two_blanks_never_match():
+    speed = {d: (1, 1.0) for d in range(9)}
+    target = answers(point(speed, "target"), {
+        0: "[invalid]", 1: "[invalid]",  # both blank
+        2: "18", 3: "7",  # target answered, the method did not
+        4: "[invalid]",  # the method answered, the target did not
+        5: "3", 6: "1,200", 7: "18",  # same real answer (6: as exact match normalises it; 7: "18." is 18)
+        8: "5",  # different answers
+    })  # fmt: skip
+    method = answers(point(speed), {
+        0: "[invalid]", 1: "[invalid]", 2: "[invalid]", 3: "", 4: "9", 5: "3", 6: "1200", 7: "18.", 8: "6",
+        9: "4",  # a document the target did not score: left out
+    })  # fmt: skip
+    found = agreement(method, target)
+    assert (found.same, found.both_blank, found.target_only, found.method_only, found.different) == (
+        3,
+        2,
+        2,
+        1,
+        1,
+    )
+    assert found.unchecked == 0 and found.docs == 9 and found.target_answered == 6 and found.not_counted == 3
+    assert found.rate == 0.5  # 3 of the 6 documents where the target gave a number; never (3 + 2) / 9
+    assert found.both_blank_share == pytest.approx(2 / 9)
+    low, high = found.interval
+    assert low == pytest.approx(0.1876, abs=1e-4) and high == pytest.approx(
+        0.8124, abs=1e-4
+    )  # Wilson, z 1.96
+    assert found.headline() == "0.500 [0.188, 0.812] (3/6)"
+    row = found.as_dict()
+    assert row == {
+        "same": 3, "both_blank": 2, "target_only": 2, "method_only": 1, "different": 1, "unchecked": 0,
+        "docs": 9, "target_answered": 6, "rate": 0.5, "rate_low": low, "rate_high": high,
+        "both_blank_share": pytest.approx(2 / 9),
+    }  # fmt: skip
+    # code tasks compare the extracted program's text: "" is no program, and two of them do not agree
+    code = agreement(answers(method, {0: "", 1: "x = 1", 2: "y"}, "pass@1,extract-code"),
+                     answers(target, {0: "", 1: "x = 1", 2: "y = 2"}, "pass@1,extract-code"))  # fmt: skip
+    assert (code.same, code.both_blank, code.different, code.rate) == (1, 1, 1, 0.5)
+    assert agreement(method, None) is None
+    blank = agreement(method, answers(target, dict.fromkeys(range(9), "[invalid]")))
+    assert blank.rate is None and blank.interval is None and blank.headline() == "n/a (0/0)"
+
+
+def test_wilson_interval_stays_inside_0_1_at_the_ends():
+    from autojudge_eval.sweeps.runs import wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-4)
+
+
+def test_leaderboard_shows_the_honest_figure_with_its_count_and_the_blanks_beside_it():
+    from autojudge_eval.reports.report import display_table
+
+    speed = {d: (1, 1.0) for d in range(4)}
+    target = answers(point(speed, "target"), {0: "[invalid]", 1: "[invalid]", 2: "3", 3: "4"})
+    method = answers(point(speed), {0: "[invalid]", 1: "[invalid]", 2: "3", 3: "[invalid]"})
+    frame = leaderboard([target, method])
+    row = frame.set_index("mode").loc["lossless"]
+    assert row["agreement"] == 0.5 and row["agreement_both_blank"] == 2 and row["agreement_target_only"] == 1
+    table = display_table(frame).set_index("method")
+    cell = table.loc["lossless", "same answer as target [95% CI] (k/n)"]
+    assert cell.startswith("0.500 [") and cell.endswith("(1/2)")  # the old figure would have been 3/4
+    assert table.loc["lossless", "both blank"] == "0.500 (2)"
+    assert table.loc["lossless", "target only / method only / different"] == "1 / 0 / 0"
 
 
 def test_report_files(report, run_dir):
@@ -136,7 +206,14 @@ def test_report_files(report, run_dir):
     assert len(csv) == 6 and set(csv["task"]) == {"autojudge_tiny"}
     png = re.search(r"!\[autojudge_tiny\]\((leaderboard-autojudge_tiny-[0-9a-f]{8}\.png)\)", md).group(1)
     assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| method | accuracy ± se | same answer as target | × target [95% CI] |" in md
+    assert (
+        "| method | accuracy ± se | same answer as target [95% CI] (k/n) | both blank "
+        "| target only / method only / different | × target [95% CI] |"
+    ) in md
+    assert md.startswith(
+        "# Leaderboard\n\n**Decoding methods against the target model decoding alone, on autojudge_tiny"
+    )
+    assert "two replies without an answer are never a match" in md.split("Generated", 1)[0]
     # the environment the run needed (AUTOJUDGE_DATA_DIR, HF_*_OFFLINE when exported) comes first
     commands = re.findall(r"^\d+\. `((?:[A-Z_]+=\S+ )*lm_eval .*)`$", md, flags=re.M)
     assert len(commands) == 6 and all(f"--output_path {run_dir}/" in c for c in commands)
@@ -169,7 +246,7 @@ def test_a_growing_sweep_reports_its_last_complete_scoring_and_says_so(run_dir, 
 
 
 def test_plot_adds_an_agreement_row_only_when_a_target_point_gives_one(run_dir, tmp_path):
-    from autojudge_eval.reports.plots import _binomial_se, plot_group
+    from autojudge_eval.reports.plots import _interval_bars, _span, plot_group
 
     frame = leaderboard(read_run(run_dir))
     assert frame["agreement"].notna().all() and (frame.loc[frame["mode"] == "target", "agreement"] == 1).all()
@@ -181,8 +258,13 @@ def test_plot_adds_an_agreement_row_only_when_a_target_point_gives_one(run_dir, 
         return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
 
     assert size(both) == (1100, 880) and size(alone) == (1100, 440)
-    se = _binomial_se(pd.Series([0.5, 1.0, None]), pd.Series([100, 4, 4]))
-    assert se.iloc[0] == pytest.approx(0.05) and se.iloc[1] == 0 and pd.isna(se.iloc[2])
+    bars = _interval_bars(frame, "agreement")  # the Wilson interval's distances below and above the rate
+    assert ((bars["low"] >= 0) & (bars["high"] >= 0)).all()
+    assert (bars["low"] == frame["agreement"] - frame["agreement_low"]).all()
+    # one point (HumanEval: target and lossless both at 1.0) gets a readable axis, not a flat one round it
+    assert _span(pd.Series([1.0, 1.0])) == (pytest.approx(0.955), 1.005)
+    low, high = _span(pd.Series([0.002, 0.012]))
+    assert low == -0.005 and high == pytest.approx(0.045)  # GSM8K's accuracy: a readable 0..0.05
 
 
 def test_judge_notes_come_from_the_card_and_mark_the_sweeps_thresholds(tmp_path):
@@ -203,6 +285,8 @@ def test_judge_notes_come_from_the_card_and_mark_the_sweeps_thresholds(tmp_path)
     assert f"ROC-AUC {card['metrics']['roc_auc']:.3f}" in note
     marked = f"{t95['accept_share']:.1%} at threshold {t95['threshold']:.4f} (recall of important 0.95) (in this sweep)"
     assert marked in note and note.count("(in this sweep)") == 1  # 0.5 is no card threshold
+    # which labels and which agreement: the committed card predates its "labels" key, so the report states it
+    assert "changes the final GSM8K number" in note and "documents where the target-only run gave one" in note
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")

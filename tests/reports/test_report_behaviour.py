@@ -85,10 +85,12 @@ def test_stdin_programs_compare_by_verdict_and_wrong_output(tmp_path):
         progress=False,
     )
     key = ("r", "autojudge_livecodebench")
-    assert found[(*key, "target")] == 1.0
-    assert found[(*key, "renamed")] == 1.0  # other text, same output on both (pass; the same wrong 6)
-    assert found[(*key, "changed")] == 0.0  # a failed test on doc 0, another wrong output on doc 1
-    assert found[(*key, "comment")] == 1.0
+    rate = {name: found[(*key, name)].rate for name in ("target", "renamed", "changed", "comment")}
+    assert rate["target"] == 1.0
+    assert rate["renamed"] == 1.0  # other text, same output on both (pass; the same wrong 6)
+    assert rate["changed"] == 0.0  # a failed test on doc 0, another wrong output on doc 1
+    assert rate["comment"] == 1.0
+    assert (found[(*key, "changed")].different, found[(*key, "changed")].target_answered) == (2, 2)
     ran = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
     assert len(ran) == 6  # target x 2 docs, renamed x 2, changed x 2; the comment-only edits never ran
 
@@ -109,8 +111,40 @@ def test_humaneval_programs_compare_by_the_check_verdict(tmp_path):
         workers=1,
         progress=False,
     )
-    assert found[("r", "autojudge_humaneval_chat", "swapped")] == 1.0
-    assert found[("r", "autojudge_humaneval_chat", "wrong")] == 0.0
+    assert found[("r", "autojudge_humaneval_chat", "swapped")].rate == 1.0
+    assert found[("r", "autojudge_humaneval_chat", "wrong")].rate == 0.0
+
+
+def test_only_programs_extracted_on_both_sides_can_behave_alike(tmp_path):
+    """Two replies without a program (both fail every test) are not "the same behaviour": the figure counts
+    a pair as alike only when both programs were extracted and ran, and says how many documents were not."""
+    docs = [stdin_doc("6\n")] * 4
+    found = behaviour_agreements(
+        points(
+            "autojudge_livecodebench",
+            docs,
+            {
+                "target": ["", "", "print(int(input()) * 2)", "print(int(input()) * 2)"],
+                "x": ["", "print(6)", "", "x = int(input())\nprint(x + x)"],
+            },  # fmt: skip
+            tmp_path,
+        ),
+        cache=tmp_path / "cache.jsonl",
+        workers=1,
+        progress=False,
+    )
+    x = found[("r", "autojudge_livecodebench", "x")]
+    assert (x.same, x.both_blank, x.target_only, x.method_only, x.different, x.unchecked) == (
+        1,
+        1,
+        1,
+        1,
+        0,
+        0,
+    )
+    assert x.rate == 0.5 and x.target_answered == 2 and x.not_counted == 2  # never 2 of 4 "alike"
+    target = found[("r", "autojudge_livecodebench", "target")]
+    assert (target.same, target.both_blank, target.rate) == (2, 2, 1.0)
 
 
 def test_non_code_tasks_and_sweeps_without_a_target_get_no_figure(tmp_path):
@@ -139,7 +173,7 @@ def test_docs_missing_from_the_samples_come_from_the_task_data_checked_by_doc_ha
         run[0].samples.write_text("".join(lines))  # as a sweep leaves it: no doc
         run = [dataclasses.replace(p, include_path=include) for p in run]
         found = behaviour_agreements(run, cache=tmp_path / "cache.jsonl", workers=1, progress=False)
-        return found.get(("r", "autojudge_humaneval_chat", "x"))
+        return found[("r", "autojudge_humaneval_chat", "x")].rate
 
     hashes = [doc_hash(d) for d in docs]
     assert agreement(["    return False\n", "    return []\n"], hashes) == 0.0  # both docs found, both fail

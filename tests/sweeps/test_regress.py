@@ -12,12 +12,13 @@ import tiny_models
 
 from autojudge_eval.cli import main as cli
 from autojudge_eval.errors import ConfigError
-from autojudge_eval.sweeps.regress import Skip, Tolerances, compare, load_config
+from autojudge_eval.sweeps.regress import Skip, Tolerances, compare, format_checks, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 tiny_pair_dirs = tiny_models.tiny_pair_dirs
 CONFIG = """[tolerances]
 accuracy_abs = 0.2
+agreement_abs = 0.2
 accepted_per_cycle_rel = 0.10
 speedup_rel = 0.95  # tiny models decode in milliseconds: their speed ratio is all noise
 
@@ -71,13 +72,20 @@ def test_update_records_every_point_with_its_command(gate):
     assert f" {points['lossless']['command']}".split(" lm_eval ")[0].endswith(" OMP_NUM_THREADS=1")
     assert baseline["slice"]["tasks"][0]["limit"] == 3 and baseline["environment"]["torch_threads"] == 1
     assert baseline["slice"]["interleave"] is True and "replay=" in points["lossless"]["command"]
+    assert points["lossless"]["agreement"] == 1.0  # token-identical to target: every answer the target gave
+    counts = points["lossless"]["agreement_counts"]
+    assert counts["same"] == counts["target_answered"] and counts["different"] == counts["target_only"] == 0
 
 
 def test_fresh_run_passes(gate, capsys):
     root, base = gate
     assert cli.main([*base, "--out", str(root / "second")]) == 0
     out = capsys.readouterr().out
-    assert "regress: passed (8 checks)" in out and "FAIL" not in out
+    assert "regress: passed (10 checks)" in out and "FAIL" not in out
+    assert [line.split()[1] for line in out.splitlines() if " same answer " in line] == [
+        "lossless",
+        "autojudge-t0.5",
+    ]
 
 
 def test_doctored_baseline_fails_with_a_readable_diff(gate, tmp_path, capsys):
@@ -87,6 +95,7 @@ def test_doctored_baseline_fails_with_a_readable_diff(gate, tmp_path, capsys):
     points["target"]["accuracy"] += 0.5
     points["lossless"]["accepted_per_cycle"] *= 1.5
     points["autojudge-t0.5"]["speedup"] *= 100
+    points["autojudge-t0.5"]["agreement"] = (points["autojudge-t0.5"]["agreement"] or 0.0) + 0.5
     (tmp_path / "baseline.json").write_text(json.dumps(doctored))
     shutil.copytree(root / "first", tmp_path / "run")  # finished points are reused: nothing decodes again
     code = cli.main([*base[:-1], str(tmp_path / "baseline.json"), "--out", str(tmp_path / "run")])
@@ -94,9 +103,9 @@ def test_doctored_baseline_fails_with_a_readable_diff(gate, tmp_path, capsys):
     assert code == 1
     failed = [line.split() for line in out.splitlines() if line.endswith("FAIL  <--")]
     assert [(f[1], f[2]) for f in failed] == [
-        ("target", "accuracy"), ("lossless", "accepted/cycle"), ("autojudge-t0.5", "x"),
+        ("target", "accuracy"), ("lossless", "accepted/cycle"), ("autojudge-t0.5", "same"), ("autojudge-t0.5", "x"),
     ]  # fmt: skip
-    assert "regress: FAILED: 3 of 8 checks out of tolerance" in out
+    assert "regress: FAILED: 4 of 10 checks out of tolerance" in out
 
 
 def test_default_out_is_removed_when_the_gate_passes_and_kept_when_it_fails(
@@ -155,16 +164,20 @@ def test_missing_baseline_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("autojudge-eval: error: no baseline at") and "regress --update" in err
 
 
+TOL = Tolerances(accuracy_abs=0.2, agreement_abs=0.2, accepted_per_cycle_rel=0.1, speedup_rel=0.25)
+
+
+def entry(**points):
+    """A baseline's tasks: point -> (accuracy, accepted/cycle, speed ratio[, agreement; default 1.0])."""
+    names = ("accuracy", "accepted_per_cycle", "speedup", "agreement")
+    return {"t": {"points": {n: dict(zip(names, (*v, 1.0)[:4], strict=True)) for n, v in points.items()}}}
+
+
 def test_compare_rules():
-    tol = Tolerances(accuracy_abs=0.2, accepted_per_cycle_rel=0.1, speedup_rel=0.25)
-
-    def entry(**points):
-        return {"t": {"points": {n: dict(zip(("accuracy", "accepted_per_cycle", "speedup"), v, strict=True))
-                                 for n, v in points.items()}}}  # fmt: skip
-
+    tol = TOL
     base = entry(target=(0.4, 0.0, 1.0), lossless=(0.4, 2.0, 0.8), **{"autojudge-t0.5": (0.4, 3.0, 1.2)})
     same = compare(base, base, tol)
-    assert [c.status for c in same] == ["ok"] * 8
+    assert [c.status for c in same] == ["ok"] * 10
     now = entry(target=(0.6, 0.0, 1.0), lossless=(0.4, 2.21, 0.59), topk=(0.4, 2.5, 0.9))
     checks = {
         (c.point, c.quantity): c.status for c in compare(base, now, tol, [Skip("t", "autojudge", "no judge")])
@@ -179,6 +192,48 @@ def test_compare_rules():
     assert statuses[("lossless", "x target")] == "note"  # much faster passes, with a note
     gone = compare(base, entry(target=(0.4, 0.0, 1.0)), tol)
     assert [c.status for c in gone if c.quantity == "(not run)"] == ["FAIL", "FAIL"]
+
+
+def test_the_gate_checks_the_honest_agreement_not_one_that_counts_two_blanks():
+    base = entry(target=(0.2, 0.0, 1.0), **{"autojudge-t0.5": (0.2, 3.0, 1.2, 0.6)})
+    checks = {(c.point, c.quantity): c for c in compare(base, base, TOL)}
+    assert ("target", "same answer") not in checks  # the reference itself: 1.0 by definition
+    now = entry(target=(0.2, 0.0, 1.0), **{"autojudge-t0.5": (0.2, 3.0, 1.2, 0.3)})
+    check = {(c.point, c.quantity): c for c in compare(base, now, TOL)}[("autojudge-t0.5", "same answer")]
+    assert check.failed and (check.baseline, check.current) == (0.6, 0.3)
+    lost = entry(target=(0.2, 0.0, 1.0), **{"autojudge-t0.5": (0.2, 3.0, 1.2, None)})  # target gave no answer
+    assert {(c.point, c.quantity): c for c in compare(base, lost, TOL)}[
+        ("autojudge-t0.5", "same answer")
+    ].failed
+    old = {
+        "t": {
+            "points": {
+                n: {k: v for k, v in p.items() if k != "agreement"} for n, p in base["t"]["points"].items()
+            }
+        }
+    }
+    stale = [c for c in compare(old, base, TOL) if c.quantity == "(no same answer)"]
+    assert [c.status for c in stale] == ["FAIL"] and "run --update" in format_checks(stale)
+
+
+def test_measurements_record_the_breakdown_and_gate_on_its_rate():
+
+    from autojudge_eval.sweeps.regress import measurements
+    from autojudge_eval.sweeps.runs import DocSpeed, PointResult
+
+    def point(name, mode, values):
+        return PointResult(
+            run_id="r", name=name, mode=mode, topk=None, threshold=None, task="t", pair="p", window=4,
+            judge="none", metric="exact_match,strict-match", accuracy=0.0, stderr=0.0, speed={}, command="c",
+            n_docs=4, docs={d: DocSpeed(1, 1.0) for d in range(4)},
+            answers={d: json.dumps([v]) for d, v in enumerate(values)},
+        )  # fmt: skip
+
+    target = point("target", "target", ["[invalid]", "[invalid]", "3", "4"])
+    judge = point("autojudge-t0.5", "autojudge", ["[invalid]", "[invalid]", "3", "[invalid]"])
+    got = measurements([target, judge])["t"]["points"]["autojudge-t0.5"]
+    assert got["agreement"] == 0.5  # 1 of the 2 documents where the target answered; not 3 of 4
+    assert got["agreement_counts"]["both_blank"] == 2 and got["agreement_counts"]["target_only"] == 1
 
 
 def test_committed_config_reads_and_names_the_default_pairs_judge_folder():
