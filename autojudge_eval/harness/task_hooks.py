@@ -225,9 +225,9 @@ def gsm8k_for_lm_eval(
     logger.info("GSM8K for %s: reading %s", task_name or "an lm-eval task", source)
     # The tasks evaluate on test (zero-shot: train is never read). A local copy needs only test.jsonl; its
     # train split is added when present, so a missing one is not reported for a run that does not use it.
-    splits = {"test": load_gsm8k("test", data_dir)}
+    splits = {"test": load_gsm8k("test", data_dir, origin=DATA_DIR_ENV)}
     if data_dir is None or _has_split(data_dir, "train"):
-        splits["train"] = load_gsm8k("train", data_dir)
+        splits["train"] = load_gsm8k("train", data_dir, origin=DATA_DIR_ENV)
     splits["test"] = references.with_reference_answers(splits["test"], task_name, reference_samples)
     return datasets.DatasetDict(splits)
 

@@ -119,10 +119,19 @@ def _report(
     for summary in methods.values():
         summary["speedup_vs_target"] = summary["tokens_per_s"] / base
     reference = totals["target"].outputs
+
+    def answer(tokens: list[int]) -> str | None:
+        return extract_final_number(pair.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    reference_answers = [answer(t) for t in reference]
     for name in ("lossless", "hf_generate", "autojudge"):
         if name in totals:
             same = sum(a == b for a, b in zip(totals[name].outputs, reference, strict=True))
             methods[name]["identical_to_target"] = same / max(len(reference), 1)
+            answers = [answer(t) for t in totals[name].outputs]  # the final number, as accuracy reads it
+            methods[name]["same_answer_as_target"] = sum(
+                a == b for a, b in zip(answers, reference_answers, strict=True)
+            )
     return {
         "methods": methods,
         "config": {
