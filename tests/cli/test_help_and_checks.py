@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -149,3 +150,33 @@ def test_backend_refuses_bad_threads_and_judges_before_loading(monkeypatch, tmp_
     (tmp_path / "judge.safetensors").write_bytes(b"junk")
     with pytest.raises(AutojudgeError, match="not a readable safetensors judge"):
         AutojudgeLM(judge=str(tmp_path))
+
+
+def test_logging_adds_no_root_handler_and_one_of_ours():
+    import logging
+
+    from autojudge_eval.cli.main import _logging
+
+    root = list(logging.getLogger().handlers)
+    _logging(False)
+    _logging(True)
+    ours = [h for h in logging.getLogger("autojudge_eval").handlers if getattr(h, "_autojudge", False)]
+    assert logging.getLogger().handlers == root and len(ours) == 1
+
+
+def test_offline_only_when_data_and_models_are_local(monkeypatch, tmp_path):
+    from autojudge_eval.cli.main import _offline_if_local
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "AUTOJUDGE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(command="mine", target="default", draft=None, data=None)
+    assert _offline_if_local(args) == []  # the data come from the hub
+    hub = argparse.Namespace(command="mine", target="org/model", draft=None, data=str(tmp_path))
+    assert _offline_if_local(hub) == [] and "HF_HUB_OFFLINE" not in os.environ
+    stock = argparse.Namespace(command="sweep", task="gsm8k", target="default", draft=None)
+    monkeypatch.setenv("AUTOJUDGE_DATA_DIR", str(tmp_path))
+    assert _offline_if_local(stock) == []  # lm-eval's own task reads the hub (or its cache)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # set by the user: kept
+    local = argparse.Namespace(command="mine", target="default", draft="self:default", data=None)
+    assert _offline_if_local(local) == ["HF_HUB_OFFLINE=1"]
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "0"
