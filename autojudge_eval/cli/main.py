@@ -25,7 +25,7 @@ AutoJudge (lossy speculative decoding with a learned judge) for a draft/target p
 mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft),
 run lm-eval sweeps and leaderboards (sweep, report, regress). lm-eval itself: `lm_eval --model autojudge`."""
 EPILOG = f"""\
-first run (GSM8K test prompts, every method, one thread; ~2 min after the one-off model conversion):
+first run (5 GSM8K test prompts, every method, one thread; times: README, "Set up and run"):
   AUTOJUDGE_DATA_DIR=../shared/data autojudge-eval bench
 `autojudge-eval <command> --help` describes each command. Torch CPU threads default to {DEFAULT_THREADS} everywhere
 (--threads, the backend's threads=, or $OMP_NUM_THREADS override it)."""
