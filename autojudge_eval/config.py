@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from autojudge_eval.errors import ConfigError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch is imported where a dtype or a device is resolved, so `--help` stays light
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes, resolved by resolve_dtype
 DTYPE_ALIASES = {
     "fp32": "float32",
     "bf16": "bfloat16",
@@ -85,6 +87,15 @@ def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
     )
 
 
+def is_hub_id(text: str) -> bool:
+    """True when a model spec names a hub model (``org/name[@rev]``), i.e. loading it may ask the hub."""
+    try:
+        spec = parse_model_spec(text, allow_self=True)
+    except ConfigError:
+        return False  # refused later, with its message
+    return spec.kind == "pretrained" and not os.path.isdir(spec.source)
+
+
 def _parse_self_spec(body: str) -> ModelSpec:
     if body in ("", "default"):
         return ModelSpec(kind="self", adapter="default")
@@ -130,6 +141,8 @@ def _as_float(value: str | float, what: str) -> float:
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    import torch
+
     if isinstance(name, torch.dtype):
         return name
     name = (name or "auto").lower()
@@ -138,10 +151,12 @@ def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return getattr(torch, name)
 
 
 def resolve_device(name: str | None) -> str:
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,6 +167,36 @@ def resolve_device(name: str | None) -> str:
     if name == "cpu" or name == "mps":
         return name
     raise ConfigError(f"unknown device {name!r}; choose cpu, cuda, cuda:N or auto")
+
+
+# Torch CPU threads of every command and of the backend, unless --threads / threads= / $OMP_NUM_THREADS say
+# otherwise. One thread, by measurement: batch-1 decoding of the default pair on the project's 2-core box ran
+# as fast with 1 thread as with 2 on a quiet machine, and several times slower with 2 under load (README,
+# "Set up and run"); several processes side by side also need one core each.
+DEFAULT_THREADS = 1
+
+
+def parse_threads(value: object, what: str = "threads") -> int | None:
+    """A thread count from the command line or ``model_args``: None (unset) or an integer >= 1."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ConfigError(f"{what} must be a whole number of CPU threads >= 1, got {value!r}")
+    return _as_int(value, what, minimum=1)
+
+
+def set_threads(value: object = None, what: str = "threads") -> int:
+    """Set torch's CPU threads: ``value`` when given, else ``$OMP_NUM_THREADS`` when set (torch reads it
+    itself), else :data:`DEFAULT_THREADS`. Return the count now in effect."""
+    import torch
+
+    threads = parse_threads(value, what)
+    if threads is None:
+        if parse_threads(os.environ.get("OMP_NUM_THREADS"), "OMP_NUM_THREADS") is not None:
+            return torch.get_num_threads()
+        threads = DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass(frozen=True)

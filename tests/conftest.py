@@ -44,6 +44,20 @@ def tiny_llama(seed: int = 0, *, layers: int = 4, hidden: int = 64, vocab: int =
     return model
 
 
+@pytest.fixture(autouse=True)
+def hub_offline_env_restored():
+    """``autojudge-eval`` sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE for its process when the data is local;
+    a test that calls ``main`` must not leave them set (or unset) for the next."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny models run far faster on one thread, above all on a shared, busy machine (tests are not timed)."""

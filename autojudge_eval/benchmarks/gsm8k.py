@@ -34,26 +34,27 @@ GSM8K_FEATURES = datasets.Features({"question": datasets.Value("string"), "answe
 PathLike = str | os.PathLike[str]
 
 
-def load_gsm8k(split: str, path: PathLike | None = None) -> datasets.Dataset:
+def load_gsm8k(split: str, path: PathLike | None = None, *, origin: str | None = None) -> datasets.Dataset:
     """One GSM8K split with the string columns ``question`` and ``answer``.
 
     ``path`` is a ``.jsonl`` file (read as the split) or a folder holding ``<split>.jsonl`` or
     ``gsm8k/<split>.jsonl``. None means the folder named by ``AUTOJUDGE_DATA_DIR`` when it is set, else
     the hub dataset ``openai/gsm8k`` (config ``main``). Raises DataError when the file is missing or a
-    line is not a GSM8K record.
+    line is not a GSM8K record. ``origin`` names where ``path`` came from in messages (e.g. ``--data``).
     """
     if split not in GSM8K_SPLITS:
         raise ConfigError(f"GSM8K split must be one of {GSM8K_SPLITS}, got {split!r}")
     if path is None:
-        path = data_dir_from_env()
+        path, origin = data_dir_from_env(), DATA_DIR_ENV
     if path is None:
         return _load_from_hub(split)
-    rows = read_gsm8k_jsonl(resolve_gsm8k_file(split, Path(path)))
+    rows = read_gsm8k_jsonl(resolve_gsm8k_file(split, Path(path), origin=origin))
     return datasets.Dataset.from_list(rows, features=GSM8K_FEATURES)
 
 
-def resolve_gsm8k_file(split: str, path: Path) -> Path:
-    """The JSONL file that holds ``split`` under ``path`` (a file is returned as it is)."""
+def resolve_gsm8k_file(split: str, path: Path, *, origin: str | None = None) -> Path:
+    """The JSONL file that holds ``split`` under ``path`` (a file is returned as it is); ``origin`` says
+    where the path came from (``AUTOJUDGE_DATA_DIR``, ``--data``), for the message."""
     if path.is_file():
         return path
     candidates = [path / f"{split}.jsonl", path / "gsm8k" / f"{split}.jsonl"]
@@ -61,9 +62,11 @@ def resolve_gsm8k_file(split: str, path: Path) -> Path:
         if candidate.is_file():
             return candidate
     tried = ", ".join(str(c) for c in candidates)
+    named = origin or f"--data (or {DATA_DIR_ENV})"
+    unset = f", or unset {DATA_DIR_ENV} to read {GSM8K_HUB_ID} from the hub" if origin == DATA_DIR_ENV else ""
     raise DataError(
-        f"GSM8K {split} split not found (tried {tried}). Point {DATA_DIR_ENV} (or the path argument) "
-        f"at a folder containing gsm8k/{split}.jsonl, or unset it to read {GSM8K_HUB_ID} from the hub."
+        f"GSM8K {split} split not found (tried {tried}). Point {named} at a folder containing "
+        f"gsm8k/{split}.jsonl{unset}."
     )
 
 

@@ -1,4 +1,8 @@
-"""``autojudge-eval``: the command line. Only this module prints."""
+"""``autojudge-eval``: the command line (only the cli package prints).
+
+Nothing heavy is imported before the arguments are parsed: torch, transformers and lm-eval load inside the
+command functions, so ``--help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +12,84 @@ import logging
 import sys
 from pathlib import Path
 
-from autojudge_eval.errors import AutojudgeError
+from autojudge_eval.cli.options import HelpFormatter, threads_argument
+from autojudge_eval.config import DEFAULT_THREADS
+from autojudge_eval.errors import AutojudgeError, ConfigError
 from autojudge_eval.provenance import command_line, now
 
 log = logging.getLogger("autojudge_eval")
+BENCH_LIMIT = 5  # GSM8K test prompts of a bench; README "Set up and run" gives its time and why
+
+DESCRIPTION = """\
+AutoJudge (lossy speculative decoding with a learned judge) for a draft/target pair: measure it (bench),
+mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft),
+run lm-eval sweeps and leaderboards (sweep, report, regress). lm-eval itself: `lm_eval --model autojudge`."""
+EPILOG = f"""\
+first run (5 GSM8K test prompts, every method, one thread; times: README, "Set up and run"):
+  AUTOJUDGE_DATA_DIR=../shared/data autojudge-eval bench
+`autojudge-eval <command> --help` describes each command. Torch CPU threads default to {DEFAULT_THREADS} everywhere
+(--threads, the backend's threads=, or $OMP_NUM_THREADS override it)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _logging(args.verbose)
+    offline = _offline_if_local(args)
+    if offline:
+        log.info("local data and models only: %s", ", ".join(offline))
     try:
+        if hasattr(args, "threads"):
+            from autojudge_eval.config import set_threads
+
+            args.threads = set_threads(args.threads, "--threads")
         return args.func(args) or 0
     except AutojudgeError as exc:
         print(f"autojudge-eval: error: {exc}", file=sys.stderr)
         return 2
 
 
+def _logging(verbose: bool) -> None:
+    """One handler on our logger, none added to the root: a library logger with its own handler that also
+    propagates to the root (huggingface_hub's retries, datasets) then prints each warning once, not twice
+    (plain, then again as "WARNING logger: ..." through a root handler)."""
+    ours = logging.getLogger("autojudge_eval")
+    if not any(getattr(h, "_autojudge", False) for h in ours.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._autojudge = True  # type: ignore[attr-defined]
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+HUB_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _offline_if_local(args) -> list[str]:
+    """Set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE for this process (unless already set) when the data is local
+    (--data or $AUTOJUDGE_DATA_DIR) and no model is a hub id, so nothing asks the hub (and waits on its
+    retries) for what is on disk. Runs before huggingface_hub is imported, which reads them once."""
+    import os
+
+    from autojudge_eval.config import is_hub_id
+
+    local_data = getattr(args, "data", None) or os.environ.get("AUTOJUDGE_DATA_DIR", "").strip()
+    models = [getattr(args, key, None) for key in ("target", "draft")]
+    stock_task = args.command == "sweep" and not str(args.task).startswith("autojudge_")  # lm-eval's: the hub
+    if not local_data or stock_task or any(is_hub_id(m) for m in models if m):
+        return []
+    names = [name for name in HUB_OFFLINE if name not in os.environ]
+    for name in names:
+        os.environ[name] = "1"
+    return [f"{name}=1" for name in names]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autojudge-eval", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="autojudge-eval", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_bench(sub)
     _add_fit_draft(sub)
     for entry in DELEGATED:
@@ -43,38 +98,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line help, its description and an example (``EXAMPLES``)."""
+    text, example = EXAMPLES[name]
+    return sub.add_parser(
+        name,
+        help=help,
+        description=f"{help}.\n\n{text}",
+        epilog="example:\n  " + example,
+        formatter_class=HelpFormatter,
+    )
+
+
 # Subcommands whose arguments and entry point live in their own module: (name, module, stem, help).
-# The module provides add_<stem>_arguments(parser) and <stem>_main(args); it is imported only when listed.
+# The module provides add_<stem>_arguments(parser) and <stem>_main(args); it imports nothing heavy.
 DELEGATED = (
     ("mine", "mine", "mine", "mine important-token labels (semi-greedy search) with judge features"),
-    (
-        "mine-summary",
-        "mine",
-        "summary",
-        "what a mining folder holds: counts, shares, time, top swaps",
-    ),
+    ("mine-summary", "mine", "summary", "what a mining folder holds: counts, shares, time, top swaps"),
     ("train", "mine", "train", "fit a judge (scaler + logistic regression) on mined labels"),
     ("sweep", "results", "sweep", "run one lm-eval task over methods and thresholds: results/<run-id>/"),
     ("report", "results", "report", "leaderboard Markdown/HTML/CSV with plots from sweep folders"),
     ("regress", "results", "regress", "run a small fixed slice and compare it with results/baseline/"),
 )
 
+# (what the command does, beyond its one-line help; one example), per subcommand.
+EXAMPLES = {
+    "bench": (
+        "Decodes N GSM8K test prompts with target-only, lossless speculative decoding, autojudge (the judge\n"
+        "shipped for the pair) and HF generate, interleaved prompt by prompt after an untimed warm-up, and\n"
+        "prints tokens/s, the ratio to target-only, tokens per target call, accuracy and the share of outputs\n"
+        "identical to target's. Needs GSM8K: --data or $AUTOJUDGE_DATA_DIR (else the hub).",
+        "AUTOJUDGE_DATA_DIR=../shared/data autojudge-eval bench --limit 5 --no-hf",
+    ),
+    "fit-draft": (
+        "Generates the target's greedy answers on GSM8K train problems (resumable JSONL, one line per finished\n"
+        "problem), fits a ridge adapter per exit layer and prints held-out next-token agreement.",
+        "autojudge-eval fit-draft --data ../shared/data --limit 120 --save-layers 24",
+    ),
+    "mine": (
+        "Runs the semi-greedy search: at each draft/target mismatch the draft token is put in, the target\n"
+        "continues, and the outcome decides the label. Labels and features land in OUT/part-i-of-n/, committed\n"
+        "after every finished problem, so a killed run resumes without redoing one.",
+        "autojudge-eval mine --task gsm8k --data ../shared/data --split train --limit 20",
+    ),
+    "mine-summary": (
+        "Reads a mining folder (every part) and prints counts, the important share, time and top swaps.",
+        "autojudge-eval mine-summary mined/gsm8k/<pair>",
+    ),
+    "train": (
+        "Fits StandardScaler + logistic regression with problem-grouped folds and writes\n"
+        "judges/<task>/<pair>/<features>/judge.safetensors + judge.json (the card, with thresholds).",
+        "autojudge-eval train mined/gsm8k/<pair> --features DD-DT",
+    ),
+    "sweep": (
+        "Runs one lm-eval task once per method point into results/<run-id>/, recording each point's exact\n"
+        "lm_eval command and the environment; re-running the same --run-id resumes.",
+        "autojudge-eval sweep --task autojudge_gsm8k --judge gsm8k --thresholds 0.3,0.5 --limit 20 --interleave",
+    ),
+    "report": (
+        "Reads sweep folders and writes leaderboard.md/.html/.csv with plots and every row's command.",
+        "autojudge-eval report results/gsm8k-w4 --out results",
+    ),
+    "regress": (
+        "The CI gate: runs the fixed slice of results/baseline/config.toml and compares it with the baseline\n"
+        "within results/baseline/tolerances.toml.",
+        "autojudge-eval regress",
+    ),
+    "cache-data": (
+        "Writes a local GSM8K copy into the datasets cache under openai/gsm8k, so lm-eval's stock gsm8k tasks\n"
+        "run offline.",
+        "autojudge-eval cache-data ../shared/data && HF_HUB_OFFLINE=1 lm_eval --model autojudge --tasks gsm8k",
+    ),
+}
+
 
 def _add_delegated(sub, name: str, module: str, stem: str, help: str) -> None:
     from importlib import import_module
 
     mod = import_module(f".{module}", __package__)
-    p = sub.add_parser(name, help=help)
+    p = _sub(sub, name, help)
     getattr(mod, f"add_{stem}_arguments")(p)
     p.set_defaults(func=getattr(mod, f"{stem}_main"))
 
 
 def _add_cache_data(sub) -> None:
-    p = sub.add_parser(
-        "cache-data",
-        help="put a local GSM8K copy into the datasets cache as openai/gsm8k, so lm-eval's stock gsm8k "
-        "tasks run offline (with HF_HUB_OFFLINE=1)",
-    )
+    p = _sub(sub, "cache-data", "put a local GSM8K copy into the datasets cache as openai/gsm8k")
     p.add_argument("data", help="a folder holding gsm8k/{train,test}.jsonl (e.g. ../shared/data)")
     p.add_argument("--cache-dir", default=None, help="datasets cache (default: $HF_DATASETS_CACHE)")
     p.set_defaults(func=_cache_data)
@@ -89,7 +197,7 @@ def _cache_data(args) -> int:
     return 0
 
 
-def _model_args(p: argparse.ArgumentParser, *, draft: bool = True, threads: int | None = None) -> None:
+def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
     p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
     if draft:
         p.add_argument(
@@ -98,12 +206,7 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True, threads: int 
         p.add_argument("--draft-dtype", default=None, help="run the draft in another dtype (e.g. bfloat16)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=threads,
-        help="torch CPU threads (default: %s)" % (threads or "torch's choice"),
-    )
+    threads_argument(p)
     p.add_argument(
         "--data",
         default=None,
@@ -112,11 +215,13 @@ def _model_args(p: argparse.ArgumentParser, *, draft: bool = True, threads: int 
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="target vs lossless vs autojudge vs HF generate on GSM8K test prompts")
-    _model_args(p, threads=1)  # one thread: batch-1 decoding times steadily; more fight over small CPUs
-    p.add_argument("--limit", type=int, default=10, help="number of GSM8K test prompts")
+    p = _sub(sub, "bench", "target vs lossless vs autojudge vs HF generate on GSM8K test prompts")
+    _model_args(p)
+    p.add_argument(
+        "--limit", type=int, default=BENCH_LIMIT, help="number of GSM8K test prompts (the first N)"
+    )
     p.add_argument("--window", type=int, default=4, help="draft tokens per cycle (K)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer budget per prompt, in tokens")
     p.add_argument(
         "--judge",
         default=None,
@@ -137,7 +242,7 @@ def _add_bench(sub) -> None:
 
 
 def _add_fit_draft(sub) -> None:
-    p = sub.add_parser("fit-draft", help="fit the self-draft adapter on the target's own GSM8K train answers")
+    p = _sub(sub, "fit-draft", "fit the self-draft adapter on the target's own GSM8K train answers")
     _model_args(p, draft=False)
     p.add_argument("--limit", type=int, default=120, help="training problems to answer")
     p.add_argument("--layers", default="8,10,12,16,20,24", help="exit layers to fit and compare")
@@ -148,7 +253,7 @@ def _add_fit_draft(sub) -> None:
     p.add_argument(
         "--default-head", type=int, default=None, help="draft-head size the adapter uses by default"
     )
-    p.add_argument("--max-new-tokens", type=int, default=320)
+    p.add_argument("--max-new-tokens", type=int, default=320, help="answer budget per problem, in tokens")
     p.add_argument(
         "--answers", default=None, help="resumable JSONL of target answers (default: in the cache)"
     )
@@ -158,29 +263,41 @@ def _add_fit_draft(sub) -> None:
     p.set_defaults(func=cmd_fit_draft)
 
 
-def _gsm8k_prompts(tokenizer, split: str, data: str | None, limit: int):
-    from autojudge_eval.benchmarks.gsm8k import gsm8k_target, load_gsm8k
+def _gsm8k_rows(split: str, data: str | None, limit: int):
+    """The first ``limit`` rows of a GSM8K split, read before any model loads (a bad path fails first)."""
+    from autojudge_eval.benchmarks.gsm8k import load_gsm8k
+
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {limit}")
+    rows = load_gsm8k(split, data, origin="--data" if data else None)
+    return rows.select(range(min(limit, len(rows))))
+
+
+def _gsm8k_prompts(tokenizer, rows):
+    from autojudge_eval.benchmarks.gsm8k import gsm8k_target
     from autojudge_eval.benchmarks.prompts import chat_prompt_ids, gsm8k_messages
 
-    rows = load_gsm8k(split, data)
-    rows = rows.select(range(min(limit, len(rows))))
     return [(chat_prompt_ids(tokenizer, gsm8k_messages(r["question"])), gsm8k_target(r)) for r in rows]
 
 
 def cmd_bench(args) -> int:
-    from autojudge_eval.config import DecodeConfig
+    from autojudge_eval.config import DecodeConfig, parse_judge_spec
+    from autojudge_eval.errors import JudgeArtifactError
+    from autojudge_eval.judging.artifact import check_judge_files, resolve_judge
+
+    # every argument is checked before the model loads: settings, judge files, data
+    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
+    if args.threshold is not None:
+        DecodeConfig(threshold=args.threshold)
+    spec = parse_judge_spec(args.judge or "gsm8k")
+    check_judge_files(spec)
+    rows = _gsm8k_rows("test", args.data, args.limit)
     from autojudge_eval.models.pair import load_pair
     from autojudge_eval.sweeps.bench import run_bench
 
     pair = load_pair(
         args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype
     )
-    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
-    from autojudge_eval.config import parse_judge_spec
-    from autojudge_eval.errors import JudgeArtifactError
-    from autojudge_eval.judging.artifact import resolve_judge
-
-    spec = parse_judge_spec(args.judge or "gsm8k")
     try:
         judge = resolve_judge(spec, pair)
     except JudgeArtifactError as exc:
@@ -189,7 +306,14 @@ def cmd_bench(args) -> int:
         print(f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch", file=sys.stderr)
         judge = None
     threshold = args.threshold if args.threshold is not None else (judge and judge.threshold) or 0.5
-    prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
+    prompts = _gsm8k_prompts(pair.tokenizer, rows)
+    methods = 3 + (not args.no_hf)
+    print(
+        f"bench: warm-up (one untimed generation per method, up to {cfg.max_new_tokens} tokens each), then "
+        f"{len(prompts)} prompts x {methods} methods",
+        file=sys.stderr,
+        flush=True,
+    )
     report = run_bench(
         pair,
         prompts,
@@ -213,7 +337,7 @@ def format_bench(report: dict) -> str:
     cfg = report["config"]
     lines = [
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
-        f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']})",
+        f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']:.4g})",
         f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'identical':>10} "
         f"{'same answer [95% CI] (k/n)':>30} {'both blank':>11} {'lost/new/diff':>14}",
     ]
@@ -231,6 +355,7 @@ def format_bench(report: dict) -> str:
         "both blank = neither gave a number (never counted as agreeing); lost/new/diff = the target's number "
         "missing / a number only the method gave / different numbers",
     ]
+    lines.append(trade_off_line(report))
     return "\n".join(lines)
 
 
@@ -249,6 +374,23 @@ def _agreement_cells(agree: dict | None) -> str:
     return f"{head:>30} {blank:>11} {split:>14}"
 
 
+def trade_off_line(report: dict) -> str:
+    """The bench in one sentence: what autojudge buys over lossless (tokens per target call, speed) and
+    what it costs (final numbers that differ from the target's, counted only where the target gave one)."""
+    m = report["methods"]
+    aj, ll = m["autojudge"], m["lossless"]
+
+    def kept(method: dict) -> str:
+        agree = method.get("answer_agreement") or {}
+        return f"{agree.get('same', '?')} of {agree.get('target_answered', '?')}"
+
+    return (
+        f"trade-off: autojudge {aj['tokens_per_call']:.2f} tokens per target call vs lossless "
+        f"{ll['tokens_per_call']:.2f}, {aj['speedup_vs_target']:.2f}x vs {ll['speedup_vs_target']:.2f}x target "
+        f"speed; the target's final number kept on {kept(aj)} prompts where it gave one (lossless {kept(ll)})"
+    )
+
+
 def cmd_fit_draft(args) -> int:
     from autojudge_eval.models.loading import cache_root
     from autojudge_eval.models.pair import load_pair
@@ -261,20 +403,26 @@ def cmd_fit_draft(args) -> int:
         token_order,
     )
 
+    try:
+        save = [int(x) for x in args.save_layers.split(",")] if args.save_layers else []
+        layers = sorted({int(x) for x in args.layers.split(",")} | set(save))
+        head_sizes = [int(x) for x in args.head_sizes.split(",") if x]
+        ridges = [float(r) for r in args.ridge.split(",")]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--layers, --save-layers, --head-sizes and --ridge take comma-separated numbers: {exc}"
+        ) from None
+    rows = _gsm8k_rows("train", args.data, args.limit)  # before the model loads
     pair = load_pair(args.target, "none", device=args.device, dtype=args.dtype)
-    save = [int(x) for x in args.save_layers.split(",")] if args.save_layers else []
-    layers = sorted({int(x) for x in args.layers.split(",")} | set(save))
     from autojudge_eval.judging.artifact import pair_slug
 
     slug = pair_slug(pair.target.name)
     answers = Path(args.answers) if args.answers else cache_root() / "fit-draft" / slug / "answers.jsonl"
-    prompts = _gsm8k_prompts(pair.tokenizer, "train", args.data, args.limit)
+    prompts = _gsm8k_prompts(pair.tokenizer, rows)
     ids = ((f"train-{i}", prompt) for i, (prompt, _) in enumerate(prompts))
     rows = generate_answers(pair.stack, ids, answers, stop=pair.stop(args.max_new_tokens), total=len(prompts))
     rows = [r for r in rows if int(r["id"].split("-")[1]) < args.limit]
     data = collect_states(pair.stack, rows, layers)
-    head_sizes = [int(x) for x in args.head_sizes.split(",") if x]
-    ridges = [float(r) for r in args.ridge.split(",")]
     results = fit_adapters(pair.stack, data, rows, ridges=ridges, heldout=args.heldout, head_sizes=head_sizes)
     print(f"{len(rows)} problems, {len(data.final)} answer tokens ({results[0]['heldout_tokens']} held out)")
     print(

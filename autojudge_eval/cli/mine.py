@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from autojudge_eval.cli.options import threads_argument
 from autojudge_eval.config import SHIPPED_TASKS
 from autojudge_eval.errors import ConfigError
 from autojudge_eval.provenance import command_line, now
@@ -23,15 +24,20 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, help="draft spec; default: self:default for the default target")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--task", choices=SHIPPED_TASKS, default="gsm8k")
+    threads_argument(p)
+    p.add_argument(
+        "--task",
+        choices=SHIPPED_TASKS,
+        default="gsm8k",
+        help="benchmark to mine: its problems and outcome rule",
+    )
     p.add_argument(
         "--data",
         default=None,
         help="GSM8K jsonl file or folder (default: $AUTOJUDGE_DATA_DIR, else the hub); LiveCodeBench "
         "problems.jsonl or folder (default: $AUTOJUDGE_DATA_DIR/livecodebench/release_v1)",
     )
-    p.add_argument("--split", default="train", help="GSM8K split")
+    p.add_argument("--split", default="train", choices=("train", "test"), help="GSM8K split")
     p.add_argument("--limit", type=int, default=200, help="mine the first N problems (before sharding)")
     p.add_argument("--start-date", default=None, help="LiveCodeBench: first contest date (YYYY-MM-DD)")
     p.add_argument("--end-date", default=None, help="LiveCodeBench: last contest date (YYYY-MM-DD)")
@@ -60,7 +66,13 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard", default=None, help="i/n: mine problems k with k %% n == i (combines with ranks)"
     )
-    p.add_argument("--checkpoint-every", type=int, default=2, help="problems per checkpoint")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        help="commit after every N finished problems (default: 1, each one: a commit costs milliseconds, a "
+        "problem minutes, so a kill loses at most the problems still in flight)",
+    )
     p.add_argument(
         "--compare-no-cache",
         type=int,
@@ -82,6 +94,10 @@ def mine_main(args) -> int:
     from autojudge_eval.models.pair import load_pair
     from autojudge_eval.provenance import distributed_rank, parse_shard, provenance
 
+    source = _load_source(args)  # data read (and every path checked) before the model loads
+    if args.rows is not None and args.rows < 1:
+        raise ConfigError(f"--rows must be at least 1, not {args.rows}")
+    parse_shard(args.shard)
     pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
     settings = MineSettings(
         max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW[args.task],
@@ -94,7 +110,7 @@ def mine_main(args) -> int:
     if settings.rows < 1:
         raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
     out = Path(args.out) if args.out else Path("mined") / args.task / pair_slug(pair.name)
-    problems, data, criterion = _problems(args, pair.tokenizer, out)
+    problems, data, criterion = _problems(args, pair.tokenizer, out, source)
     index, count = parse_shard(args.shard)
     rank, world = distributed_rank()
     shard = (index * world + rank, count * world)
@@ -135,8 +151,26 @@ def mine_main(args) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _problems(args, tokenizer, out: Path):
-    """(problems, data description for the manifest, outcome criterion)."""
+def _load_source(args):
+    """The task's rows (GSM8K) or problems (LiveCodeBench), first ``--limit`` of them, read before any model
+    loads so that a wrong split, path or date fails at once."""
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {args.limit}")
+    if args.task == "gsm8k":
+        from autojudge_eval.benchmarks.gsm8k import load_gsm8k
+
+        rows = load_gsm8k(args.split, args.data, origin="--data" if args.data else None)
+        return rows.select(range(min(args.limit, len(rows))))
+    from autojudge_eval.benchmarks.livecodebench import load_livecodebench
+
+    found = load_livecodebench(
+        args.data or _default_livecodebench(), start_date=args.start_date, end_date=args.end_date
+    )
+    return sorted(found, key=lambda p: (p.contest_date, p.id))[: args.limit]
+
+
+def _problems(args, tokenizer, out: Path, source):
+    """(problems, data description for the manifest, outcome criterion) from :func:`_load_source`'s."""
     from autojudge_eval.benchmarks.prompts import chat_prompt_ids
     from autojudge_eval.mining.outcomes import CodeOutcome, GSM8KOutcome
     from autojudge_eval.mining.search import Problem
@@ -145,11 +179,9 @@ def _problems(args, tokenizer, out: Path):
         return tokenizer.decode(list(ids), skip_special_tokens=True)
 
     if args.task == "gsm8k":
-        from autojudge_eval.benchmarks.gsm8k import load_gsm8k
         from autojudge_eval.benchmarks.prompts import gsm8k_messages
 
-        rows = load_gsm8k(args.split, args.data)
-        rows = rows.select(range(min(args.limit, len(rows))))
+        rows = source
         task = GSM8KOutcome(decode)
         problems = [
             Problem(
@@ -164,12 +196,10 @@ def _problems(args, tokenizer, out: Path):
             {"source": args.data or "default", "split": args.split, "limit": args.limit},
             "final-number",
         )
-    from autojudge_eval.benchmarks.livecodebench import build_messages, load_livecodebench
+    from autojudge_eval.benchmarks.livecodebench import build_messages
     from autojudge_eval.sandbox import CachedExecutor
 
-    path = args.data or _default_livecodebench()
-    found = load_livecodebench(path, start_date=args.start_date, end_date=args.end_date)
-    found = sorted(found, key=lambda p: (p.contest_date, p.id))[: args.limit]
+    path, found = args.data or _default_livecodebench(), source
     out.mkdir(parents=True, exist_ok=True)
     executor = CachedExecutor(path=args.sandbox_cache or out / "sandbox.jsonl")
     problems = [
@@ -225,14 +255,33 @@ def format_speed(speed: dict) -> str:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mined", nargs="+", help="folders written by `autojudge-eval mine` (all parts are read)")
-    p.add_argument("--features", choices=("DD-DT", "DT"), default="DD-DT")
     p.add_argument(
-        "--C", dest="cs", default="0.0001,0.001,0.01,0.1,1", help="inverse regularisation strengths"
+        "--features",
+        choices=("DD-DT", "DT"),
+        default="DD-DT",
+        help="judge inputs: DD-DT = draft and target hidden states, DT = the target's only",
+    )
+    p.add_argument(
+        "--C",
+        dest="cs",
+        default="0.0001,0.001,0.01,0.1,1",
+        help="inverse regularisation strengths to try (comma-separated); the best out-of-fold ROC-AUC wins",
     )
     p.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds (by problem)")
-    p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced")
-    p.add_argument("--recall", type=float, default=0.95, choices=(0.9, 0.95, 0.99), help="default threshold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--class-weight",
+        choices=("balanced", "none"),
+        default="balanced",
+        help="logistic regression class weights",
+    )
+    p.add_argument(
+        "--recall",
+        type=float,
+        default=0.95,
+        choices=(0.9, 0.95, 0.99),
+        help="the card's default threshold keeps this share of important mismatches",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the problem-grouped fold assignment")
     p.add_argument("--out", default=None, help="judge folder (default: judges/<task>/<pair>/<features>)")
     p.add_argument("--json", action="store_true", help="also print the card as one JSON line")
 

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from autojudge_eval.cli.options import threads_argument
 from autojudge_eval.provenance import command_line
 
 BASELINE_DIR = Path("results/baseline")
@@ -56,7 +57,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="the first N documents of the task (default: all); an --interleave sweep may be resumed with a "
         "larger N, decoding only the new documents",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    threads_argument(p)
     p.add_argument(
         "--run-id", default=None, help="results/<run-id>/ (default: <task>-<UTC time>); reuse to resume"
     )
@@ -166,7 +167,13 @@ def add_regress_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for this run's sweeps (default: a temporary folder, removed when the gate passes)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
+    p.add_argument(
+        "--threads",
+        dest="slice_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of the slice (default: the config's, which the baseline was measured with)",
+    )
 
 
 def regress_main(args) -> int:
@@ -202,7 +209,7 @@ def _regress(args, config, baseline, out: Path) -> int:
         write_baseline,
     )
 
-    threads = args.threads or config.threads
+    threads = args.slice_threads or config.threads
     print(f"regress: {len(config.tasks)} task(s) into {out}, {threads} thread(s)", flush=True)
     clock = time.perf_counter()
 

@@ -58,6 +58,7 @@ class AutojudgeLM(TemplateLM):
         dtype: str | None = None,
         draft_dtype: str | None = None,
         device: str | None = None,
+        threads: int | str | None = None,
         max_length: int | None = None,
         max_gen_toks: int = 256,
         batch_size: int | str = 1,
@@ -74,7 +75,7 @@ class AutojudgeLM(TemplateLM):
 
         if console.under_lm_eval_cli():
             console.attach_console(self)
-        from autojudge_eval.config import DecodeConfig
+        from autojudge_eval.config import DecodeConfig, parse_threads, set_threads
         from autojudge_eval.models.pair import load_pair
 
         also = check_interleave_args(interleave, interleave_dir, replay)
@@ -82,6 +83,9 @@ class AutojudgeLM(TemplateLM):
         given = dict(mode=mode, window=window, topk=topk, threshold=threshold, max_new_tokens=max_gen_toks)
         # validated before any model loads
         settings = DecodeConfig.build(**{k: v for k, v in given.items() if v is not None})
+        parse_threads(threads)  # a bad value fails here, before anything is set or loaded
+        # threads=, else $OMP_NUM_THREADS, else config.DEFAULT_THREADS (1: see README "Set up and run")
+        self.threads = set_threads(threads)
         self._rank, self._world_size, device = distributed_setup(device or AUTO)
         draft = None if draft == AUTO else "none" if draft in (None, "none") else str(draft)
         self.pair = load_pair(str(target), draft, device=device, dtype=dtype, draft_dtype=draft_dtype)
@@ -130,6 +134,7 @@ class AutojudgeLM(TemplateLM):
             "version": __version__, "pair": self.pair.name, "mode": d.mode, "window": d.window,
             "topk": d.topk, "threshold": d.threshold, "judge": self.judge_name, "device": str(self.device),
             "dtype": dtype, "max_length": self.max_length, "world_size": self.world_size,
+            "threads": self.threads,
         }  # fmt: skip
         if (digest := judge_sha256(self.judge_name)) is not None:
             out["judge_sha256"] = digest  # of its weights and card

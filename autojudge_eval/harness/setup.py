@@ -12,8 +12,8 @@ from autojudge_eval.provenance import local_rank
 
 AUTO = "auto"
 KNOWN_ARGS = (
-    "target pretrained draft judge threshold window mode topk dtype draft_dtype device max_length max_gen_toks "
-    "interleave interleave_dir replay"
+    "target pretrained draft judge threshold window mode topk dtype draft_dtype device threads max_length "
+    "max_gen_toks interleave interleave_dir replay"
 )
 GREEDY_HELP = "until, max_gen_toks, do_sample=False, temperature=0, num_beams=1 (top_p/top_k have no effect)"
 GREEDY_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "num_beams", "top_p", "top_k"}
@@ -128,6 +128,9 @@ def check_args(judge, mode: str | None, others: dict, *, judged_points: bool = F
             "mode=autojudge needs judge=PATH or judge=gsm8k / judge=livecodebench (the shipped judges), "
             "or the stand-ins judge=accept-all / judge=reject-all"
         )
+    from autojudge_eval.judging.artifact import check_judge_files
+
+    check_judge_files(spec)  # a damaged judge file is refused before the model loads
     return spec
 
 

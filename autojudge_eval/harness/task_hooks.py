@@ -25,11 +25,11 @@ from autojudge_eval.benchmarks.gsm8k import (
     DATA_DIR_ENV,
     GSM8K_HUB_CONFIG,
     GSM8K_HUB_ID,
-    GSM8K_SPLITS,
     answers_match,
     data_dir_from_env,
     gsm8k_target,
     load_gsm8k,
+    resolve_gsm8k_file,
 )
 from autojudge_eval.benchmarks.livecodebench import CodeProblem, GradeResult
 from autojudge_eval.benchmarks.references import (
@@ -225,9 +225,21 @@ def gsm8k_for_lm_eval(
     data_dir = data_dir_from_env()
     source = data_dir or f"hub {GSM8K_HUB_ID}/{GSM8K_HUB_CONFIG}"
     logger.info("GSM8K for %s: reading %s", task_name or "an lm-eval task", source)
-    splits = {split: load_gsm8k(split, data_dir) for split in GSM8K_SPLITS}
+    # The tasks evaluate on test (zero-shot: train is never read). A local copy needs only test.jsonl; its
+    # train split is added when present, so a missing one is not reported for a run that does not use it.
+    splits = {"test": load_gsm8k("test", data_dir, origin=DATA_DIR_ENV)}
+    if data_dir is None or _has_split(data_dir, "train"):
+        splits["train"] = load_gsm8k("train", data_dir, origin=DATA_DIR_ENV)
     splits["test"] = references.with_reference_answers(splits["test"], task_name, reference_samples)
     return datasets.DatasetDict(splits)
+
+
+def _has_split(folder, split: str) -> bool:
+    try:
+        resolve_gsm8k_file(split, folder, origin=DATA_DIR_ENV)
+    except DataError:
+        return False
+    return True
 
 
 def tag_strict_match(resps: Iterable[str], docs: list[dict[str, Any]]) -> list[FilteredAnswer]:

@@ -148,16 +148,36 @@ def load_judge(path: str | Path, pair=None, *, allow_other_pair: bool = False) -
         tensors = load_file(str(weights))
     except (OSError, ValueError, SafetensorError, RuntimeError) as exc:
         raise JudgeArtifactError(
-            f"{weights} is not a readable safetensors judge ({exc}); retrain it"
+            f"{weights} is not a readable safetensors judge ({exc}); {_fix(weights)}"
         ) from exc
     missing = [name for name in TENSORS if name not in tensors]
     if missing:
-        raise JudgeArtifactError(f"{weights} lacks {', '.join(missing)}: not a judge file; retrain it")
+        raise JudgeArtifactError(f"{weights} lacks {', '.join(missing)}: not a judge file; {_fix(weights)}")
     judge = Judge(*(tensors[name] for name in TENSORS), card=card)
     _check_card(judge, weights)
     if pair is not None:
         check_pair(judge, pair, allow_other_pair=allow_other_pair)
     return judge
+
+
+def _fix(path: Path) -> str:
+    """What to do about a damaged judge file: restore a shipped one from git, retrain one of your own."""
+    path = Path(path).resolve()
+    for root in judges_roots():
+        if path.is_relative_to(root.resolve()):
+            shown = Path(path).relative_to(root.resolve().parent)
+            return (
+                f"it ships with the checkout, so restore it: `git checkout -- {shown.parent}` "
+                f"(in {root.resolve().parent})"
+            )
+    return "retrain it with `autojudge-eval train`, or pass a judge folder it wrote"
+
+
+def check_judge_files(spec: JudgeSpec | None) -> None:
+    """Before any model loads: a judge named by path must be a readable judge (card, arrays, sizes). What
+    needs the pair (its hidden sizes and name; which shipped judge a benchmark name means) waits for it."""
+    if spec is not None and spec.kind == "path":
+        load_judge(spec.value)
 
 
 def read_card(path: str | Path) -> dict:
@@ -193,7 +213,7 @@ def _read_card(path: Path) -> dict:
     try:
         card = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise JudgeArtifactError(f"judge card {path} is unreadable ({exc}); retrain the judge") from exc
+        raise JudgeArtifactError(f"judge card {path} is unreadable ({exc}); {_fix(path)}") from exc
     if not isinstance(card, dict) or card.get("format") != JUDGE_FORMAT:
         found = card.get("format") if isinstance(card, dict) else type(card).__name__
         raise JudgeArtifactError(f"{path} is not a judge card (format {found!r}, expected {JUDGE_FORMAT!r})")
@@ -212,7 +232,8 @@ def _check_card(judge: Judge, weights: Path) -> None:
     if judge.dim != expected or judge.card.get("feature_dim", judge.dim) != judge.dim:
         raise JudgeArtifactError(
             f"{weights} holds {judge.dim} weights but its card says {features} over hidden sizes "
-            f"{judge.card.get('draft_hidden_size')}+{judge.card.get('target_hidden_size')} ({expected}); retrain it"
+            f"{judge.card.get('draft_hidden_size')}+{judge.card.get('target_hidden_size')} ({expected}); "
+            f"{_fix(weights)}"
         )
 
 

@@ -75,6 +75,7 @@ class BatchMiner:
         self.piece = piece or str
         self.rows = settings.rows
         self.cache: RowCache | None = None
+        self.on_label = None  # called with each MismatchLabel as it is decided (progress); set by the caller
 
     def _max_len(self, problem: Problem) -> int:
         return len(problem.prompt_ids) + self.settings.max_new_tokens + 2
@@ -169,6 +170,8 @@ class BatchMiner:
         else:
             self.cache.save(row, item.base, job.at, fed_end)  # unimportant: the alternative is the new text
             item.valid = fed_end
+        if job.j is not None and self.on_label is not None:
+            self.on_label(item.walk.labels[-1])
         j = item.walk.next_mismatch()
         if j is None:
             return item.walk.result(self.view, self.stack, item.steps, time.perf_counter() - item.start)

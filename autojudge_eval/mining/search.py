@@ -50,6 +50,7 @@ class Miner:
         self.piece = piece or str  # token id -> readable text, for the records
         self._caches: tuple[KVCache, KVCache] | None = None
         self._cur = self._scratch = None  # the current text's cache, and the one alternatives are built in
+        self.on_label = None  # called with each MismatchLabel as it is decided (progress); set by the caller
 
     def _alloc(self, max_len: int) -> tuple[KVCache, KVCache]:
         if self._caches is None or self._caches[0].max_len < max_len:
@@ -96,6 +97,8 @@ class Miner:
         )
         if not walk.decide(j, roll, self.view, self.piece, tick):
             self._cur, self._scratch = self._scratch, self._cur
+        if self.on_label is not None:
+            self.on_label(walk.labels[-1])
 
 
 def make_miner(stack: LayerStack, drafter, eos_ids, settings: MineSettings, piece=None):
@@ -114,14 +117,18 @@ def run_mining(
     header: dict,
     *,
     shard: tuple[int, int] = (0, 1),
-    checkpoint_every: int = 4,
+    checkpoint_every: int = 1,
     progress: bool = True,
 ) -> dict:
     """Mine this shard's problems into ``out``/part-i-of-n, skipping problems any part has committed.
 
-    Problem k belongs to shard ``k % n``. A checkpoint commits every ``checkpoint_every`` problems; a problem
-    whose outcome cannot be computed (e.g. a sandbox failure) is logged and left for the next run.
+    Problem k belongs to shard ``k % n``. A checkpoint commits every ``checkpoint_every`` finished problems
+    (default 1: a commit takes milliseconds and a problem minutes, so a kill loses only the problems still in
+    flight). A problem whose outcome cannot be computed (e.g. a sandbox failure) is logged and left for the
+    next run. The bar counts problems and, as each mismatch is decided, labels, target tokens and rates.
     """
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be at least 1, not {checkpoint_every}")
     index, count = shard
     folder = Path(out) / part_name(index, count)
     writer = PartWriter(folder, {**header, "part": f"{index}/{count}"})
@@ -131,24 +138,37 @@ def run_mining(
     quiet = {} if progress else {"disable": True}  # when shown, TQDM_DISABLE can still turn it off
     bar = tqdm(total=len(mine), desc=f"mine {header.get('task', '')}", unit="problem", **quiet)
     begin = committed = time.perf_counter()
-    for problem, result in miner.mine_many(mine):
-        bar.update()
-        if isinstance(result, Exception):
-            log.warning("problem %s skipped (will be retried on resume): %s", problem.id, result)
-            totals["failed"].append(problem.id)
-            continue
-        writer.add(result.record, result.labels, result.draft_hidden, result.target_hidden)
-        if writer.pending >= checkpoint_every:
-            now = time.perf_counter()
-            writer.checkpoint(wall_seconds=now - committed)  # in-flight work lands in the next checkpoint
-            committed = now
-        _count(totals, result.record)
-        totals["seconds"] = time.perf_counter() - begin
+    live = {"labels": 0, "important": 0, "tokens": 0}  # every decided mismatch, finished problems or not
+
+    def on_label(label) -> None:
+        live["labels"] += 1
+        live["important"] += int(label.important)
+        live["tokens"] += label.continuation_tokens
+        seconds = max(time.perf_counter() - begin, 1e-9)
         bar.set_postfix(
-            labels=totals["mismatches"],
-            important=f"{totals['important'] / max(totals['mismatches'], 1):.0%}",
-            per_min=f"{60 * totals['mismatches'] / max(totals['seconds'], 1e-9):.0f}",
+            labels=live["labels"],
+            important=f"{live['important'] / live['labels']:.0%}",
+            per_min=f"{60 * live['labels'] / seconds:.1f}",
+            tok_s=f"{live['tokens'] / seconds:.1f}",
         )
+
+    miner.on_label = on_label
+    try:
+        for problem, result in miner.mine_many(mine):
+            bar.update()
+            if isinstance(result, Exception):
+                log.warning("problem %s skipped (will be retried on resume): %s", problem.id, result)
+                totals["failed"].append(problem.id)
+                continue
+            writer.add(result.record, result.labels, result.draft_hidden, result.target_hidden)
+            if writer.pending >= checkpoint_every:
+                now = time.perf_counter()
+                writer.checkpoint(wall_seconds=now - committed)  # in-flight work lands in the next checkpoint
+                committed = now
+            _count(totals, result.record)
+            totals["seconds"] = time.perf_counter() - begin
+    finally:
+        miner.on_label = None
     totals["seconds"] = time.perf_counter() - begin
     writer.checkpoint(wall_seconds=time.perf_counter() - committed)
     bar.close()

@@ -71,6 +71,11 @@ def summarize_mined(root: Path, top: int = 5) -> dict:
     }
 
 
+def _settings(settings: dict | None) -> str:
+    """``{"max_new_tokens": 400, "criterion": "final-number"}`` as ``max_new_tokens 400, criterion final-number``."""
+    return ", ".join(f"{k} {v}" for k, v in (settings or {}).items()) or "n/a"
+
+
 def format_markdown(s: dict) -> str:
     rate = f"{s['labels_per_minute']:.1f} labels/min" if s["labels_per_minute"] else "n/a"
     swaps = ", ".join(
@@ -79,7 +84,7 @@ def format_markdown(s: dict) -> str:
     )
     rows = [
         ("task / pair", f"{s['task']} / `{s['pair']}`"),
-        ("labels", f"{s['label_settings']}"),
+        ("labels", _settings(s["label_settings"])),
         ("problems", f"{s['problems']:,} ({s['parts']} part{'s' if s['parts'] != 1 else ''})"),
         ("labelled mismatches", f"{s['mismatches']:,} ({s['mismatches_per_problem']:.1f} per problem)"),
         ("important", f"{s['important']:,} ({s['important_share']:.1%})"),

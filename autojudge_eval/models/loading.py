@@ -94,6 +94,7 @@ def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype, devi
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.rstrip(" .")  # hub messages end in "." or "...": one full stop, not ".."
         raise ModelLoadError(
             f"could not load model {source!r}: {first}. Pass an existing local folder, a .gguf file, "
             "'default', or a hub id reachable from this machine (HF_HUB_OFFLINE=1 uses only the local cache)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,28 @@ def generate_answers(
     stop: StopCriteria,
     total: int | None = None,
 ) -> list[dict]:
-    """Greedy target answers, one JSON row per problem id; rows already in ``out_path`` are kept."""
+    """Greedy target answers, one JSON row per problem id; rows already in ``out_path`` are kept.
+
+    Each answer is appended and fsynced as soon as it is generated, so a kill loses only the answer in
+    progress; a line torn by a kill is dropped (and its problem answered again) on the next run."""
     done = {}
     if out_path.is_file():
-        for line in out_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["id"]] = row
+        text = out_path.read_text()
+        good = 0  # bytes of complete lines
+        for line in text.splitlines(keepends=True):
+            try:
+                row = json.loads(line) if line.endswith("\n") else None
+            except json.JSONDecodeError:
+                row = None
+            if row is None:
+                break
+            done[row["id"]] = row
+            good += len(line.encode())
+        if good < len(text.encode()):
+            log.warning(
+                "%s: dropping a torn last line (a killed run); that problem is answered again", out_path
+            )
+            os.truncate(out_path, good)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a") as sink, tqdm(total=total, desc="target answers", unit="problem") as bar:
         for pid, prompt in prompts:
@@ -54,6 +70,7 @@ def generate_answers(
                 done[pid] = {"id": pid, "prompt": prompt, "answer": tokens}
                 sink.write(json.dumps(done[pid]) + "\n")
                 sink.flush()
+                os.fsync(sink.fileno())
             bar.update(1)
     return list(done.values())
 

@@ -122,6 +122,7 @@ def _report(
     for summary in methods.values():
         summary["speedup_vs_target"] = summary["tokens_per_s"] / base
     reference = totals["target"].outputs
+
     for name in ("lossless", "hf_generate", "autojudge"):
         if name in totals:
             same = sum(a == b for a, b in zip(totals[name].outputs, reference, strict=True))

@@ -169,6 +169,9 @@ def run_sweep(
         import torch
 
         torch.set_num_threads(spec.threads)
+        os.environ["OMP_NUM_THREADS"] = str(
+            spec.threads
+        )  # as the recorded commands say; the backend reads it
     extras = _interleaving(spec, points, run_dir) if spec.interleave else {}
     folders = []
     for index, point in enumerate(points, 1):

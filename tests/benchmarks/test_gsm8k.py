@@ -168,3 +168,19 @@ def test_cache_refuses_corrupt_data(local_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="test.jsonl, line 1"):
         gsm8k_data.cache_gsm8k_for_hub_id(local_root, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_lm_eval_hook_needs_only_the_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zero-shot tasks read test only: a local copy without train.jsonl runs (no "train missing")."""
+    from autojudge_eval.harness.task_hooks import gsm8k_for_lm_eval
+
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        '{"question": "1+1?", "answer": "so\\n#### 2"}\n', encoding="utf-8"
+    )
+    monkeypatch.setenv("AUTOJUDGE_DATA_DIR", str(tmp_path))
+    splits = gsm8k_for_lm_eval(task_name="autojudge_gsm8k")
+    assert list(splits) == ["test"] and splits["test"][0]["question"] == "1+1?"
+    (tmp_path / "gsm8k" / "test.jsonl").unlink()
+    with pytest.raises(DataError, match="GSM8K test split not found.*Point AUTOJUDGE_DATA_DIR at"):
+        gsm8k_for_lm_eval(task_name="autojudge_gsm8k")

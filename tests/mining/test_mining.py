@@ -426,3 +426,37 @@ def test_two_ranks_mine_disjoint_halves(tmp_path):
             json.loads(x)["problem_id"] for x in (part / "problems.jsonl").read_text().splitlines()
         ]
     assert ids == {"part-00-of-02": ["p0", "p2"], "part-01-of-02": ["p1", "p3"]}
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_bar_moves_with_every_label(tmp_path, target, drafters, monkeypatch, rows):
+    """Labels, tokens and rates reach the bar as each mismatch is decided, not once per problem."""
+    import autojudge_eval.mining.search as search
+
+    shown = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.n = 0
+
+        def update(self, k=1):
+            self.n += k
+            shown.append(("problem", self.n))
+
+        def set_postfix(self, **fields):
+            shown.append(("label", fields))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(search, "tqdm", Bar)
+    problems = [Problem(f"p{i}", p, MOD3) for i, p in enumerate(prompts(3))]
+    miner = search.make_miner(target, drafters["self"], [EOS], MineSettings(MAX_NEW, rows=rows))
+    summary = run_mining(miner, problems, tmp_path, HEADER, progress=False)
+    labels = [fields for kind, fields in shown if kind == "label"]
+    assert summary["mismatches"] > 0 and len(labels) == summary["mismatches"]
+    assert [f["labels"] for f in labels] == list(range(1, summary["mismatches"] + 1))
+    assert {"important", "per_min", "tok_s"} <= set(labels[-1])
+    first_problem = next(i for i, (kind, _) in enumerate(shown) if kind == "problem")
+    assert first_problem > 0  # labels were shown before the first problem finished
+    assert miner.on_label is None  # the hook does not outlive the run
