@@ -195,7 +195,7 @@ def cmd_bench(args) -> int:
         prompts,
         cfg,
         judge=judge and judge.fn,
-        features=judge.features if judge else "DD-DT",
+        features=judge.features if judge else "DT",
         threshold=threshold,
         with_hf=not args.no_hf,
     )

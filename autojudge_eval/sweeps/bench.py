@@ -81,7 +81,7 @@ def run_bench(
     cfg: DecodeConfig,
     *,
     judge: Callable[[torch.Tensor], float] | None = None,
-    features: str = "DD-DT",
+    features: str = "DT",
     threshold: float = 0.5,
     with_hf: bool = True,
 ) -> dict:
