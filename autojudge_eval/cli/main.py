@@ -131,6 +131,20 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--no-hf", action="store_true", help="skip the HF generate reference")
     p.add_argument(
+        "--drafts",
+        default=None,
+        help="several draft specs on the same target, each run as its own methods, interleaved prompt by "
+        "prompt (e.g. self:default,ngram); --judge may then list several judges (e.g. accept-all,reject-all)",
+    )
+    p.add_argument(
+        "--skip",
+        default=None,
+        help="comma-separated method-name patterns to leave out, e.g. 'autojudge@self*'",
+    )
+    p.add_argument(
+        "--no-physics", action="store_true", help="skip measuring the cost curve and the drafters' cost"
+    )
+    p.add_argument(
         "--json", action="store_true", help="also print the results as one JSON object on the last line"
     )
     p.set_defaults(func=cmd_bench)
@@ -168,39 +182,69 @@ def _gsm8k_prompts(tokenizer, split: str, data: str | None, limit: int):
 
 
 def cmd_bench(args) -> int:
-    from autojudge_eval.config import DecodeConfig
-    from autojudge_eval.models.pair import load_pair
-    from autojudge_eval.sweeps.bench import run_bench
+    from fnmatch import fnmatch
 
-    pair = load_pair(
-        args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype
-    )
-    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
-    from autojudge_eval.config import parse_judge_spec
-    from autojudge_eval.errors import JudgeArtifactError
+    from autojudge_eval.config import DecodeConfig, parse_judge_spec, parse_model_spec
+    from autojudge_eval.engine.acceptance import ExactMatch, JudgeAccept
+    from autojudge_eval.errors import ConfigError, JudgeArtifactError
     from autojudge_eval.judging.artifact import resolve_judge
+    from autojudge_eval.models.pair import load_pair, with_draft
+    from autojudge_eval.sweeps.bench import Method, run_methods
 
-    spec = parse_judge_spec(args.judge or "gsm8k")
-    try:
-        judge = resolve_judge(spec, pair)
-    except JudgeArtifactError as exc:
-        if args.judge:
-            raise
-        print(f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch", file=sys.stderr)
-        judge = None
-    threshold = args.threshold if args.threshold is not None else (judge and judge.threshold) or 0.5
-    prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
-    report = run_bench(
-        pair,
-        prompts,
-        cfg,
-        judge=judge and judge.fn,
-        features=judge.features if judge else "DT",
-        threshold=threshold,
-        with_hf=not args.no_hf,
+    drafts = [d.strip() for d in (args.drafts or "").split(",") if d.strip()]
+    if drafts and args.draft:
+        raise ConfigError("pass --draft or --drafts, not both")
+    pair = load_pair(
+        args.target,
+        drafts[0] if drafts else args.draft,
+        device=args.device,
+        dtype=args.dtype,
+        draft_dtype=args.draft_dtype,
     )
-    if judge:
-        report["config"]["judge"] = judge.name
+    if pair.drafter is None:
+        raise ConfigError("bench compares speculative methods with target-only: it needs a draft")
+    t_spec = parse_model_spec(args.target)
+    pairs = [pair] + [
+        with_draft(pair, d, t_spec, device=args.device, draft_dtype=args.draft_dtype) for d in drafts[1:]
+    ]
+    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
+    judge_names = [j.strip() for j in (args.judge or "gsm8k").split(",") if j.strip()]
+    several = len(pairs) > 1 or len(judge_names) > 1
+    methods = {"target": Method(None)}
+    judges: dict[str, str] = {}
+    for p in pairs:
+        at = f"@{p.draft_name}" if several else ""
+        methods[f"lossless{at}"] = Method(p.drafter, ExactMatch(), p.draft_name)
+        for name in judge_names:
+            try:
+                judge = resolve_judge(parse_judge_spec(name), p)
+            except JudgeArtifactError as exc:
+                if args.judge:
+                    if several:  # an explicit judge that does not fit this draft: skip it, say so
+                        print(f"note: {exc}; autojudge{at} skips judge {name}", file=sys.stderr)
+                        continue
+                    raise
+                print(
+                    f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch",
+                    file=sys.stderr,
+                )
+                judge = resolve_judge(parse_judge_spec("accept-all"), p)
+            threshold = args.threshold if args.threshold is not None else judge.threshold or 0.5
+            label = f"autojudge{at}[{name}]" if several else "autojudge"
+            methods[label] = Method(p.drafter, JudgeAccept(judge.fn, threshold, judge.features), p.draft_name)
+            fallback = judge.name == "accept-all" and name != "accept-all"
+            judges[label] = {
+                "judge": "stand-in: accepts every mismatch" if fallback else judge.name,
+                "threshold": threshold,
+            }
+    skip = [pattern for pattern in (args.skip or "").split(",") if pattern]
+    methods = {n: m for n, m in methods.items() if n == "target" or not any(fnmatch(n, s) for s in skip)}
+    prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
+    report = run_methods(pair, prompts, cfg, methods, with_hf=not args.no_hf, physics=not args.no_physics)
+    report["config"]["judges"] = {n: j for n, j in judges.items() if n in methods}
+    if "autojudge" in judges:  # one pair, one judge: the fields of earlier runs
+        report["config"] |= judges["autojudge"]
+    report["config"]["drafts"] = [p.draft_name for p in pairs]
     report["config"]["command"] = command_line()
     report["config"]["date"] = now()
     print(format_bench(report))
@@ -211,20 +255,40 @@ def cmd_bench(args) -> int:
 
 def format_bench(report: dict) -> str:
     cfg = report["config"]
+    phys = report.get("physics")
     lines = [
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
-        f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']})",
-        f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'same as target':>15}",
+        *(f"{name} judge: {j['judge']} (threshold {j['threshold']})" for name, j in cfg["judges"].items()),
     ]
+    if phys:
+        curve = "  ".join(
+            f"q={q}: {phys['target_forward_ms'][q]:.1f} ms ({phys['target_forward_rel'][q]:.2f})"
+            for q in phys["target_forward_ms"]
+        )
+        lines.append(
+            f"target forward at q new tokens after {phys['context_tokens']} (x one-token step): {curve}"
+        )
+        for name, d in phys["drafters"].items():
+            lines.append(
+                f"draft {name}: {d['draft_rel_per_token']:.3f} step per draft token ({d['proposed']} proposed in "
+                f"{d['propose_ms']:.2f} ms), verify {d['verify_rel']:.2f} step"
+            )
+    lines.append(
+        f"{'method':<34} {'tok/s':>7} {'x target':>9} {'ceiling':>8} {'tok/call':>9} {'accuracy':>9} "
+        f"{'same as target':>15}"
+    )
     for name, m in report["methods"].items():
         same = m.get("identical_to_target")
+        ceiling = m.get("ceiling_vs_target")
         lines.append(
-            f"{name:<12} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x {m['tokens_per_call']:>9.2f} "
+            f"{name:<34} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x "
+            f"{'' if ceiling is None else f'{ceiling:.2f}x':>8} {m['tokens_per_call']:>9.2f} "
             f"{m['accuracy']:>9.1%} {'' if same is None else f'{same:.0%}':>15}"
         )
     n = report["methods"]["target"]["prompts"]
     lines.append(
-        f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target forward"
+        f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target "
+        "forward; ceiling = what the measured cost curve predicts for these cycles (no overhead)"
     )
     return "\n".join(lines)
 

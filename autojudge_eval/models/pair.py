@@ -98,9 +98,22 @@ def load_pair(
         draft = "self:default" if t_spec.kind == "default" else "none"
     loaded = load_model(t_spec, device=device, dtype=dtype)
     stack = LayerStack(loaded.model)
-    eos = eos_token_ids(loaded)
+    pair = Pair(loaded, stack, None, "none", eos_token_ids(loaded))
     if draft == "none":
-        return Pair(loaded, stack, None, "none", eos)
+        return pair
+    return with_draft(pair, draft, t_spec, device=device, draft_dtype=draft_dtype)
+
+
+def with_draft(
+    pair: Pair,
+    draft: str | ModelSpec,
+    target_spec: ModelSpec,
+    *,
+    device: str = "auto",
+    draft_dtype: str | torch.dtype | None = None,
+) -> Pair:
+    """``pair``'s target (the same loaded weights) with another draft: how a bench compares drafters."""
+    loaded, stack, eos = pair.target, pair.stack, pair.eos_ids
     d_spec = draft if isinstance(draft, ModelSpec) else parse_model_spec(draft, allow_self=True)
     if d_spec.kind == "ngram":  # prompt lookup: no draft model, so no draft dtype either
         return Pair(loaded, stack, NgramDrafter(d_spec.n_max, d_spec.n_min), d_spec.describe(), eos)
@@ -108,7 +121,7 @@ def load_pair(
     suffix = f"@{resolve_dtype(draft_dtype, loaded.device)}".replace("torch.", "") if separate else ""
     if d_spec.kind == "self":
         d_stack = (
-            LayerStack(load_model(t_spec, device=device, dtype=draft_dtype).model) if separate else stack
+            LayerStack(load_model(target_spec, device=device, dtype=draft_dtype).model) if separate else stack
         )
         exit_model = _early_exit(d_stack, loaded, d_spec)
         drafter = ModelDrafter(exit_model, loaded.device) if separate else SelfDrafter(exit_model)
