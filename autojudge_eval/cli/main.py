@@ -142,6 +142,13 @@ def _add_bench(sub) -> None:
         help="comma-separated method-name patterns to leave out, e.g. 'autojudge@self*'",
     )
     p.add_argument(
+        "--row-layout",
+        choices=("off", "on", "both"),
+        default="off",
+        help="verify windows of 4..8 tokens with transposed contiguous weights (x @ W_t); 'both' runs each "
+        "speculative method twice, the twin named NAME+rowlayout",
+    )
+    p.add_argument(
         "--no-physics", action="store_true", help="skip measuring the cost curve and the drafters' cost"
     )
     p.add_argument(
@@ -182,6 +189,7 @@ def _gsm8k_prompts(tokenizer, split: str, data: str | None, limit: int):
 
 
 def cmd_bench(args) -> int:
+    from dataclasses import replace
     from fnmatch import fnmatch
 
     from autojudge_eval.config import DecodeConfig, parse_judge_spec, parse_model_spec
@@ -237,6 +245,12 @@ def cmd_bench(args) -> int:
                 "judge": "stand-in: accepts every mismatch" if fallback else judge.name,
                 "threshold": threshold,
             }
+    if args.row_layout != "off":  # verify windows through the transposed weights (engine.stack.RowLayout)
+        twins = {f"{n}+rowlayout": replace(m, row_layout=True) for n, m in methods.items() if m.drafter}
+        if args.row_layout == "on":
+            methods = {n: replace(m, row_layout=m.drafter is not None) for n, m in methods.items()}
+        else:
+            methods |= twins
     skip = [pattern for pattern in (args.skip or "").split(",") if pattern]
     methods = {n: m for n, m in methods.items() if n == "target" or not any(fnmatch(n, s) for s in skip)}
     prompts = _gsm8k_prompts(pair.tokenizer, "test", args.data, args.limit)
@@ -255,23 +269,25 @@ def cmd_bench(args) -> int:
 
 def format_bench(report: dict) -> str:
     cfg = report["config"]
-    phys = report.get("physics")
     lines = [
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
         *(f"{name} judge: {j['judge']} (threshold {j['threshold']})" for name, j in cfg["judges"].items()),
     ]
-    if phys:
+    for key, label in (("physics", ""), ("physics_row_layout", " with the row layout")):
+        phys = report.get(key)
+        if not phys:
+            continue
         curve = "  ".join(
             f"q={q}: {phys['target_forward_ms'][q]:.1f} ms ({phys['target_forward_rel'][q]:.2f})"
             for q in phys["target_forward_ms"]
         )
         lines.append(
-            f"target forward at q new tokens after {phys['context_tokens']} (x one-token step): {curve}"
+            f"target forward{label} at q new tokens after {phys['context_tokens']} (x one-token step): {curve}"
         )
         for name, d in phys["drafters"].items():
             lines.append(
-                f"draft {name}: {d['draft_rel_per_token']:.3f} step per draft token ({d['proposed']} proposed in "
-                f"{d['propose_ms']:.2f} ms), verify {d['verify_rel']:.2f} step"
+                f"  draft {name}: {d['draft_rel_per_token']:.3f} step per draft token ({d['proposed']} proposed "
+                f"in {d['propose_ms']:.2f} ms), verify {d['verify_rel']:.2f} step"
             )
     lines.append(
         f"{'method':<34} {'tok/s':>7} {'x target':>9} {'ceiling':>8} {'tok/call':>9} {'accuracy':>9} "

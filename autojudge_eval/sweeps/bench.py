@@ -19,7 +19,7 @@ from autojudge_eval.config import DecodeConfig
 from autojudge_eval.engine.acceptance import AcceptRule, ExactMatch, JudgeAccept, constant_judge
 from autojudge_eval.engine.decoding import DecodeStats, speculative_generate, sync_device, verify
 from autojudge_eval.engine.drafters import Drafter
-from autojudge_eval.engine.stack import LayerStack
+from autojudge_eval.engine.stack import LayerStack, RowLayout
 from autojudge_eval.errors import ConfigError
 from autojudge_eval.models.pair import Pair
 from autojudge_eval.provenance import cpu_model
@@ -86,6 +86,7 @@ class Method:
     drafter: Drafter | None
     rule: AcceptRule | None = None
     draft_name: str = ""
+    row_layout: bool = False  # verify windows through engine.stack.RowLayout's transposed weights
 
 
 def run_bench(
@@ -126,14 +127,19 @@ def run_methods(
     if "target" not in methods:
         raise ConfigError("a bench needs the target-only method: the ratios are to it")
     stop = pair.stop(cfg.max_new_tokens, cfg.stop)
-    runners: dict[str, Callable] = {
-        name: (
-            lambda p, m=m: speculative_generate(
-                pair.stack, m.drafter, p, stop=stop, rule=m.rule, window=cfg.window
+    layout = row_layout(pair.stack) if any(m.row_layout for m in methods.values()) else None
+
+    def generate(prompt: list[int], m: Method):
+        if layout is None:
+            return speculative_generate(
+                pair.stack, m.drafter, prompt, stop=stop, rule=m.rule, window=cfg.window
             )
-        )
-        for name, m in methods.items()
-    }
+        with layout.enabled(m.row_layout):
+            return speculative_generate(
+                pair.stack, m.drafter, prompt, stop=stop, rule=m.rule, window=cfg.window
+            )
+
+    runners: dict[str, Callable] = {name: (lambda p, m=m: generate(p, m)) for name, m in methods.items()}
     if with_hf:
         runners["hf_generate"] = lambda p: hf_generate(pair, p, cfg.max_new_tokens)
     for run in runners.values():  # warm-up, not counted
@@ -151,13 +157,25 @@ def run_methods(
         report["methods"][name]["draft"] = m.draft_name or None
     if physics:
         drafters = {m.draft_name: m.drafter for m in methods.values() if m.drafter is not None}
-        phys = measure_physics(pair.stack, drafters, [p for p, _ in prompts], cfg.window)
-        report["physics"] = phys
+        texts = [p for p, _ in prompts]
+        report["physics"] = measure_physics(pair.stack, drafters, texts, cfg.window)
+        if layout is not None:
+            with layout.enabled():
+                report["physics_row_layout"] = measure_physics(pair.stack, drafters, texts, cfg.window)
         for name, m in methods.items():
+            phys = report["physics_row_layout" if m.row_layout else "physics"]
             report["methods"][name]["ceiling_vs_target"] = ceiling(
                 totals[name].stats, phys, m.draft_name if m.drafter is not None else None
             )
+            report["methods"][name]["row_layout"] = m.row_layout
     return report
+
+
+def row_layout(stack: LayerStack) -> RowLayout:
+    """The stack's :class:`RowLayout`, installed on first use (it copies every linear weight once)."""
+    if getattr(stack, "row_layout", None) is None:
+        stack.row_layout = RowLayout(stack.model)
+    return stack.row_layout
 
 
 def _median_s(fn: Callable[[], object], reps: int) -> float:

@@ -103,6 +103,23 @@ def test_bench_compares_drafts_and_reports_the_cost_curve(tiny_pair_dirs, data_d
     assert "per draft token" in out and "ceiling" in out
 
 
+def test_bench_row_layout_twins(tiny_pair_dirs, data_dir, capsys):
+    target, _ = tiny_pair_dirs
+    args = ["bench", "--target", str(target), "--draft", "ngram", "--row-layout", "both", "--no-hf"]
+    assert (
+        main([*args, "--data", str(data_dir / "gsm8k"), "--limit", "1", "--max-new-tokens", "8", "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    methods = report["methods"]
+    assert set(methods) == {"target", "lossless", "autojudge", "lossless+rowlayout", "autojudge+rowlayout"}
+    assert methods["lossless+rowlayout"]["row_layout"] and not methods["lossless"]["row_layout"]
+    assert methods["lossless+rowlayout"]["identical_to_target"] == 1.0
+    assert set(report["physics_row_layout"]["target_forward_rel"]) == set(
+        report["physics"]["target_forward_rel"]
+    )
+
+
 def test_bench_refuses_an_explicit_dd_judge_for_ngram_alone(tiny_pair_dirs, data_dir, tmp_path, capsys):
     from autojudge_eval.judging.artifact import Judge
 

@@ -174,3 +174,30 @@ def test_load_pair_with_ngram_and_judges(tiny_pair_dirs, tmp_path):  # noqa: F81
     check_pair(
         Judge(torch.zeros(64), torch.ones(64), torch.zeros(64), torch.tensor([0.0]), card=dt_card), pair
     )
+
+
+def test_row_layout_keeps_other_shapes_bitwise_and_lossless_exact():
+    from autojudge_eval.engine.stack import RowLayout
+
+    stack = LayerStack(tiny_llama(0))
+    ids = torch.tensor([3, 9, 4, 1, 7, 7, 2, 5])
+
+    def logits(q: int, on: bool, layout=None):
+        cache = stack.new_cache(32)
+        if layout is None:
+            return stack.forward(ids[:q], cache)[1]
+        with layout.enabled(on):
+            return stack.forward(ids[:q], cache)[1]
+
+    before = {q: logits(q, False) for q in (1, 5, 8)}
+    layout = RowLayout(stack.model, min_rows=4, max_rows=6)
+    assert torch.equal(logits(1, True, layout), before[1])  # one row: F.linear, as before
+    assert torch.equal(logits(8, True, layout), before[8])  # above max_rows: F.linear
+    assert torch.equal(logits(5, False, layout), before[5])  # switched off
+    torch.testing.assert_close(logits(5, True, layout), before[5], atol=1e-4, rtol=1e-4)
+    assert not layout.on  # the switch is restored after each block
+    for prompt in repeating_prompts(6, seed=4):
+        reference = greedy(stack, prompt, 24)
+        with layout.enabled():
+            out, _ = speculative_generate(stack, NgramDrafter(), prompt, stop=StopCriteria(24), window=4)
+        assert out == reference
