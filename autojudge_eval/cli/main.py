@@ -236,6 +236,27 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--no-hf", action="store_true", help="skip the HF generate reference")
     p.add_argument(
+        "--drafts",
+        default=None,
+        help="several draft specs on the same target, each run as its own methods, interleaved prompt by "
+        "prompt (e.g. self:default,ngram); --judge may then list several judges (e.g. accept-all,reject-all)",
+    )
+    p.add_argument(
+        "--skip",
+        default=None,
+        help="comma-separated method-name patterns to leave out, e.g. 'autojudge@self*'",
+    )
+    p.add_argument(
+        "--row-layout",
+        choices=("off", "on", "both"),
+        default="off",
+        help="verify windows of 4..8 tokens with transposed contiguous weights (x @ W_t); 'both' runs each "
+        "speculative method twice, the twin named NAME+rowlayout",
+    )
+    p.add_argument(
+        "--no-physics", action="store_true", help="skip measuring the cost curve and the drafters' cost"
+    )
+    p.add_argument(
         "--json", action="store_true", help="also print the results as one JSON object on the last line"
     )
     p.set_defaults(func=cmd_bench)
@@ -281,50 +302,92 @@ def _gsm8k_prompts(tokenizer, rows):
 
 
 def cmd_bench(args) -> int:
-    from autojudge_eval.config import DecodeConfig, parse_judge_spec
-    from autojudge_eval.errors import JudgeArtifactError
+    from dataclasses import replace
+    from fnmatch import fnmatch
+
+    from autojudge_eval.config import DecodeConfig, parse_judge_spec, parse_model_spec
+    from autojudge_eval.engine.acceptance import ExactMatch, JudgeAccept
+    from autojudge_eval.errors import ConfigError, JudgeArtifactError
     from autojudge_eval.judging.artifact import check_judge_files, resolve_judge
 
-    # every argument is checked before the model loads: settings, judge files, data
-    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
+    # every argument is checked before the model loads: settings, drafts, judge files, data
+    drafts = [d.strip() for d in (args.drafts or "").split(",") if d.strip()]
+    if drafts and args.draft:
+        raise ConfigError("pass --draft or --drafts, not both")
+    for d in drafts or ([args.draft] if args.draft else []):
+        parse_model_spec(d, allow_self=True)
     if args.threshold is not None:
         DecodeConfig(threshold=args.threshold)
-    spec = parse_judge_spec(args.judge or "gsm8k")
-    check_judge_files(spec)
+    for name in (args.judge or "gsm8k").split(","):
+        if name.strip():
+            check_judge_files(parse_judge_spec(name.strip()))
     rows = _gsm8k_rows("test", args.data, args.limit)
-    from autojudge_eval.models.pair import load_pair
-    from autojudge_eval.sweeps.bench import run_bench
+    from autojudge_eval.models.pair import load_pair, with_draft
+    from autojudge_eval.sweeps.bench import Method, run_methods
 
     pair = load_pair(
-        args.target, args.draft, device=args.device, dtype=args.dtype, draft_dtype=args.draft_dtype
+        args.target,
+        drafts[0] if drafts else args.draft,
+        device=args.device,
+        dtype=args.dtype,
+        draft_dtype=args.draft_dtype,
     )
-    try:
-        judge = resolve_judge(spec, pair)
-    except JudgeArtifactError as exc:
-        if args.judge:
-            raise
-        print(f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch", file=sys.stderr)
-        judge = None
-    threshold = args.threshold if args.threshold is not None else (judge and judge.threshold) or 0.5
+    if pair.drafter is None:
+        raise ConfigError("bench compares speculative methods with target-only: it needs a draft")
+    t_spec = parse_model_spec(args.target)
+    pairs = [pair] + [
+        with_draft(pair, d, t_spec, device=args.device, draft_dtype=args.draft_dtype) for d in drafts[1:]
+    ]
+    cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
+    judge_names = [j.strip() for j in (args.judge or "gsm8k").split(",") if j.strip()]
+    several = len(pairs) > 1 or len(judge_names) > 1
+    methods = {"target": Method(None)}
+    judges: dict[str, str] = {}
+    for p in pairs:
+        at = f"@{p.draft_name}" if several else ""
+        methods[f"lossless{at}"] = Method(p.drafter, ExactMatch(), p.draft_name)
+        for name in judge_names:
+            try:
+                judge = resolve_judge(parse_judge_spec(name), p)
+            except JudgeArtifactError as exc:
+                if args.judge:
+                    if several:  # an explicit judge that does not fit this draft: skip it, say so
+                        print(f"note: {exc}; autojudge{at} skips judge {name}", file=sys.stderr)
+                        continue
+                    raise
+                print(
+                    f"note: {exc}; autojudge runs with a stand-in that accepts every mismatch",
+                    file=sys.stderr,
+                )
+                judge = resolve_judge(parse_judge_spec("accept-all"), p)
+            threshold = args.threshold if args.threshold is not None else judge.threshold or 0.5
+            label = f"autojudge{at}[{name}]" if several else "autojudge"
+            methods[label] = Method(p.drafter, JudgeAccept(judge.fn, threshold, judge.features), p.draft_name)
+            fallback = judge.name == "accept-all" and name != "accept-all"
+            judges[label] = {
+                "judge": "stand-in: accepts every mismatch" if fallback else judge.name,
+                "threshold": threshold,
+            }
+    if args.row_layout != "off":  # verify windows through the transposed weights (engine.stack.RowLayout)
+        twins = {f"{n}+rowlayout": replace(m, row_layout=True) for n, m in methods.items() if m.drafter}
+        if args.row_layout == "on":
+            methods = {n: replace(m, row_layout=m.drafter is not None) for n, m in methods.items()}
+        else:
+            methods |= twins
+    skip = [pattern for pattern in (args.skip or "").split(",") if pattern]
+    methods = {n: m for n, m in methods.items() if n == "target" or not any(fnmatch(n, s) for s in skip)}
     prompts = _gsm8k_prompts(pair.tokenizer, rows)
-    methods = 3 + (not args.no_hf)
     print(
-        f"bench: warm-up (one untimed generation per method, up to {cfg.max_new_tokens} tokens each), then "
-        f"{len(prompts)} prompts x {methods} methods",
+        f"bench: warm-up (one untimed generation per method, up to {args.max_new_tokens} tokens each), then "
+        f"{len(prompts)} prompts x {len(methods) + (not args.no_hf)} methods",
         file=sys.stderr,
         flush=True,
     )
-    report = run_bench(
-        pair,
-        prompts,
-        cfg,
-        judge=judge and judge.fn,
-        features=judge.features if judge else "DD-DT",
-        threshold=threshold,
-        with_hf=not args.no_hf,
-    )
-    if judge:
-        report["config"]["judge"] = judge.name
+    report = run_methods(pair, prompts, cfg, methods, with_hf=not args.no_hf, physics=not args.no_physics)
+    report["config"]["judges"] = {n: j for n, j in judges.items() if n in methods}
+    if "autojudge" in judges:  # one pair, one judge: the fields of earlier runs
+        report["config"] |= judges["autojudge"]
+    report["config"]["drafts"] = [p.draft_name for p in pairs]
     report["config"]["command"] = command_line()
     report["config"]["date"] = now()
     print(format_bench(report))
@@ -337,25 +400,50 @@ def format_bench(report: dict) -> str:
     cfg = report["config"]
     lines = [
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
-        f"autojudge judge: {cfg['judge']} (threshold {cfg['threshold']:.4g})",
-        f"{'method':<12} {'tok/s':>7} {'x target':>9} {'tok/call':>9} {'accuracy':>9} {'identical':>10} "
-        f"{'same answer [95% CI] (k/n)':>30} {'both blank':>11} {'lost/new/diff':>14}",
+        *(
+            f"{name} judge: {j['judge']} (threshold {j['threshold']:.4g})"
+            for name, j in cfg["judges"].items()
+        ),
     ]
+    for key, label in (("physics", ""), ("physics_row_layout", " with the row layout")):
+        phys = report.get(key)
+        if not phys:
+            continue
+        curve = "  ".join(
+            f"q={q}: {phys['target_forward_ms'][q]:.1f} ms ({phys['target_forward_rel'][q]:.2f})"
+            for q in phys["target_forward_ms"]
+        )
+        lines.append(
+            f"target forward{label} at q new tokens after {phys['context_tokens']} (x one-token step): {curve}"
+        )
+        for name, d in phys["drafters"].items():
+            lines.append(
+                f"  draft {name}: {d['draft_rel_per_token']:.3f} step per draft token ({d['proposed']} proposed "
+                f"in {d['propose_ms']:.2f} ms), verify {d['verify_rel']:.2f} step"
+            )
+    lines.append(
+        f"{'method':<34} {'tok/s':>7} {'x target':>9} {'ceiling':>8} {'tok/call':>9} {'accuracy':>9} "
+        f"{'identical':>10} {'same answer [95% CI] (k/n)':>30} {'both blank':>11} {'lost/new/diff':>14}"
+    )
     for name, m in report["methods"].items():
         same, agree = m.get("identical_to_target"), m.get("answer_agreement")
+        ceiling = m.get("ceiling_vs_target")
         lines.append(
-            f"{name:<12} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x {m['tokens_per_call']:>9.2f} "
+            f"{name:<34} {m['tokens_per_s']:>7.1f} {m['speedup_vs_target']:>8.2f}x "
+            f"{'' if ceiling is None else f'{ceiling:.2f}x':>8} {m['tokens_per_call']:>9.2f} "
             f"{m['accuracy']:>9.1%} {'' if same is None else f'{same:.0%}':>10} {_agreement_cells(agree)}"
         )
     n = report["methods"]["target"]["prompts"]
     lines += [
         f"{n} GSM8K test prompts; accuracy = exact final number vs gold; tok/call = new tokens per target forward;",
+        "ceiling = what the measured cost curve predicts for these cycles (no overhead);",
         "identical = token-identical output to target-only; same answer = the same final number as target-only "
         "over the prompts where the target gave one (k/n);",
         "both blank = neither gave a number (never counted as agreeing); lost/new/diff = the target's number "
         "missing / a number only the method gave / different numbers",
     ]
-    lines.append(trade_off_line(report))
+    if "autojudge" in report["methods"] and "lossless" in report["methods"]:
+        lines.append(trade_off_line(report))
     return "\n".join(lines)
 
 

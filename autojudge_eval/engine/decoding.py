@@ -32,6 +32,7 @@ class DecodeStats:
     target_calls: int = 0
     draft_calls: int = 0
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted, per cycle
+    proposed: list[int] = field(default_factory=list)  # draft tokens proposed (verified), per cycle
     mismatches_accepted: int = 0
     wall_time_s: float = 0.0
     stop_reason: str = ""
@@ -63,6 +64,7 @@ class DecodeStats:
             target_calls=self.target_calls + other.target_calls,
             draft_calls=self.draft_calls + other.draft_calls,
             accepted=self.accepted + other.accepted,
+            proposed=self.proposed + other.proposed,
             mismatches_accepted=self.mismatches_accepted + other.mismatches_accepted,
             wall_time_s=self.wall_time_s + other.wall_time_s,
             stop_reason=other.stop_reason,
@@ -129,6 +131,11 @@ def speculative_generate(
     if window < 1:
         raise ConfigError(f"window (draft tokens per cycle, K) must be >= 1, got {window}")
     rule = rule or ExactMatch()
+    if drafter is not None and rule.needs_hidden and not drafter.hidden_size:
+        raise ConfigError(
+            f"the {rule.name} rule reads draft hidden states (DD-DT features), but this {drafter.kind} "
+            "drafter proposes none: use a DT judge (mine and train with --features DT) or a stand-in"
+        )
     stats = DecodeStats(prompt_tokens=len(prompt_ids))
     sync_device(target.device)
     start = time.perf_counter()
@@ -143,13 +150,14 @@ def speculative_generate(
     while True:
         if drafter is None:
             _, logits = target.forward(seq[-1:], cache)
-            new, accepted, taken = [int(logits[-1].argmax())], 0, 0
+            new, accepted, taken, proposed = [int(logits[-1].argmax())], 0, 0, 0
         else:
             k = min(window, stop.max_new_tokens - len(generated))
-            new, accepted, taken = _speculate(target, drafter, seq, cache, rule, k)
+            new, accepted, taken, proposed = _speculate(target, drafter, seq, cache, rule, k)
         stats.target_calls += 1
         stats.cycles += 1
         stats.accepted.append(accepted)
+        stats.proposed.append(proposed)
         stats.mismatches_accepted += taken
         generated.extend(new)
         seq = torch.cat([seq, torch.tensor(new, dtype=torch.long, device=seq.device)])
@@ -177,8 +185,9 @@ def verify(target: LayerStack, seq: torch.Tensor, proposal: Proposal, cache: KVC
     return target.forward(torch.cat([seq[-1:], proposal.tokens]), cache)
 
 
-def _speculate(target: LayerStack, drafter: Drafter, seq, cache, rule, k) -> tuple[list[int], int, int]:
-    """Draft k tokens, verify them, walk the window: (new tokens, drafts accepted, mismatches taken)."""
+def _speculate(target: LayerStack, drafter: Drafter, seq, cache, rule, k) -> tuple[list[int], int, int, int]:
+    """Draft up to k tokens, verify them, walk the window: (new tokens, drafts accepted, mismatches taken,
+    drafts proposed). An empty proposal (a lookup that found nothing) makes the verify a plain target step."""
     proposal = drafter.propose(seq, k, with_hidden=rule.needs_hidden)
     hidden, logits = verify(target, seq, proposal, cache)
     best = logits.argmax(-1).tolist()
@@ -196,11 +205,11 @@ def _speculate(target: LayerStack, drafter: Drafter, seq, cache, rule, k) -> tup
             )
             if not rule(mismatch):
                 new.append(y)
-                return new, i, taken
+                return new, i, taken, len(drafts)
             taken += 1
         new.append(d)
     new.append(best[len(drafts)])  # all k accepted: the bonus token
-    return new, len(drafts), taken
+    return new, len(drafts), taken, len(drafts)
 
 
 def sync_device(device: torch.device) -> None:

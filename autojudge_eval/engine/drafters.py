@@ -1,13 +1,14 @@
 """Drafters propose K tokens after the committed text; the engine verifies them with the target.
 
-Every drafter implements :class:`Drafter`, the contract ``engine.decoding`` relies on. Two exist:
+Every drafter implements :class:`Drafter`, the contract ``engine.decoding`` relies on. Three exist:
 
 * :class:`ModelDrafter` — a draft model with its own KV cache: a separate causal LM of the same
   vocabulary (:class:`FullModel`), or an :class:`EarlyExit` of a copy of the target in another dtype;
 * :class:`SelfDrafter` — an :class:`EarlyExit` of the target itself: its first L layers, an affine adapter
   into the last layer's hidden space, the final norm and the LM head (optionally restricted to the most
   frequent tokens). It shares the target's KV cache for those L layers and hands the layer-L states of its
-  window to the verifier, so the target only runs its remaining layers on the window.
+  window to the verifier, so the target only runs its remaining layers on the window;
+* ``engine.ngram.NgramDrafter`` — prompt lookup: no draft model, no hidden states, no draft forward.
 """
 
 from __future__ import annotations
@@ -50,14 +51,21 @@ class Drafter(Protocol):
       with the draft's hidden states when a DD judge needs them, and target states it computed anyway
       (``Proposal.reuse``) for the verifier to skip;
     * ``rollback(length)`` after verification: forget everything past ``length`` committed positions;
-    * ``calls``: draft forwards since ``reset`` (the cost the bench reports).
+    * ``calls``: draft forwards (or lookups) since ``reset``.
 
-    ``model`` is the draft network (``FullModel`` or ``EarlyExit``) and ``reuses_target_states`` says whether
-    it runs inside the target's own cache (a self-draft): mining reads both to predict whole texts.
+    A proposal may be empty (K = 0): the verify forward is then a plain one-token target step.
+
+    ``kind`` says how mining predicts whole texts with it (``mining.rollout.draft_view``): ``"self"`` (an
+    early exit inside the target's own cache: from the target's residuals), ``"model"`` (a network with its
+    own cache: teacher-forced) or ``"lookup"`` (no network: by lookup over the text so far). ``model`` is the
+    draft network (``FullModel`` or ``EarlyExit``; None for a lookup) and ``hidden_size`` the size of the
+    hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
     """
 
     calls: int
-    model: FullModel | EarlyExit
+    kind: str
+    model: FullModel | EarlyExit | None
+    hidden_size: int
     reuses_target_states: bool
 
     def reset(self, target_cache: KVCache) -> None: ...
@@ -177,10 +185,12 @@ class EarlyExit:
 class ModelDrafter:
     """Drafts with its own cache (a separate model, or a copy in another dtype); catches up on new text."""
 
+    kind = "model"
     reuses_target_states = False
 
     def __init__(self, model: FullModel | EarlyExit, device) -> None:
         self.model = model
+        self.hidden_size = model.hidden_size
         self.device = device
         self.cache: KVCache | None = None
         self.calls = 0
@@ -214,10 +224,12 @@ class SelfDrafter:
     Its window's layer-L states go to the verifier, which then runs only the target's remaining layers.
     """
 
+    kind = "self"
     reuses_target_states = True
 
     def __init__(self, exit_model: EarlyExit) -> None:
         self.model = exit_model
+        self.hidden_size = exit_model.hidden_size
         self.exit_layer = exit_model.exit_layer
         self.cache: KVCache | None = None
         self.calls = 0

@@ -246,6 +246,11 @@ def check_pair(judge: Judge, pair, *, allow_other_pair: bool = False) -> None:
             f"judge was trained on target hidden size {card.get('target_hidden_size')}, this target has "
             f"{target}: {fix}"
         )
+    if judge.features == "DD-DT" and not pair.draft_hidden_size:
+        raise JudgeArtifactError(
+            f"judge reads DD-DT features (draft hidden states), but the draft of pair {pair.name!r} proposes "
+            "none (a lookup drafter such as ngram): use a DT judge (mine and train with --features DT)"
+        )
     if judge.features == "DD-DT" and card.get("draft_hidden_size") != pair.draft_hidden_size:
         raise JudgeArtifactError(
             f"judge was trained on draft hidden size {card.get('draft_hidden_size')}, this draft has "

@@ -23,6 +23,7 @@ import torch
 
 from autojudge_eval.engine.drafters import Drafter, EarlyExit, FullModel
 from autojudge_eval.engine.kv_cache import KVCache
+from autojudge_eval.engine.ngram import NgramIndex
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError
 
@@ -229,11 +230,47 @@ class ModelDraftView:
         self.cache.crop(position)
 
 
-def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView:
-    """The view that mining uses for a pair's drafter: a self-draft reads the target's own residuals, any
-    other draft model runs teacher-forced over whole texts in its own cache."""
+class LookupDraftView:
+    """Predictions of a lookup drafter (``engine.ngram``): at each position, the lookup over the text before.
+
+    Where a lookup finds nothing the prediction is the text's own token (no proposal, no disagreement). It has
+    no hidden states: the rows it gives mining are empty, so only DT judges can be trained on its labels.
+    """
+
+    capture_layer = None
+    hidden_size = 0
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.index = NgramIndex(drafter.index.n_max, drafter.index.n_min)
+
+    def reset(self, max_len: int) -> None:
+        """Nothing to allocate."""
+
+    def start(self, roll: Rollout, prompt_len: int) -> list[int]:
+        return self.index.predictions(roll.tokens, prompt_len)
+
+    def mismatch(self, roll: Rollout, position: int) -> torch.Tensor:
+        return torch.zeros(0)
+
+    def accept(self, roll: Rollout, position: int) -> list[int]:
+        return self.index.predictions(roll.tokens, position + 1)
+
+    def reject(self, position: int) -> None:
+        """Nothing to undo."""
+
+
+def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView | LookupDraftView:
+    """The view that mining uses for a pair's drafter, by the drafter's ``kind``: a self-draft reads the
+    target's own residuals, a draft model runs teacher-forced over whole texts in its own cache, a lookup
+    drafter looks up the text before each position."""
     if drafter is None:
         raise ConfigError(
             "mining needs a draft model: load the pair with a draft (e.g. the default self-draft)"
         )
-    return SelfDraftView(drafter.model) if drafter.reuses_target_states else ModelDraftView(drafter.model)
+    if drafter.kind == "self":
+        return SelfDraftView(drafter.model)
+    if drafter.kind == "model":
+        return ModelDraftView(drafter.model)
+    if drafter.kind == "lookup":
+        return LookupDraftView(drafter)
+    raise ConfigError(f"no mining view for a drafter of kind {drafter.kind!r}; known: self, model, lookup")

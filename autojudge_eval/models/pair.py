@@ -14,11 +14,13 @@ from autojudge_eval.engine.decoding import DecodeStats, StopCriteria, speculativ
 from autojudge_eval.engine.drafters import (
     DEFAULT_ADAPTER,
     Adapter,
+    Drafter,
     EarlyExit,
     FullModel,
     ModelDrafter,
     SelfDrafter,
 )
+from autojudge_eval.engine.ngram import NgramDrafter
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, ModelLoadError
 from autojudge_eval.models.loading import LoadedModel, check_same_vocabulary, eos_token_ids, load_model
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 class Pair:
     target: LoadedModel
     stack: LayerStack
-    drafter: ModelDrafter | SelfDrafter | None
+    drafter: Drafter | None
     draft_name: str
     eos_ids: tuple[int, ...]
 
@@ -45,7 +47,8 @@ class Pair:
 
     @property
     def draft_hidden_size(self) -> int:
-        return self.drafter.model.hidden_size if self.drafter is not None else 0
+        """Size of the draft hidden states a proposal carries (0 without a drafter or for a lookup)."""
+        return self.drafter.hidden_size if self.drafter is not None else 0
 
     def stop(self, max_new_tokens: int, stop_strings: tuple[str, ...] = ()) -> StopCriteria:
         decode = (lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)) if stop_strings else None
@@ -95,15 +98,30 @@ def load_pair(
         draft = "self:default" if t_spec.kind == "default" else "none"
     loaded = load_model(t_spec, device=device, dtype=dtype)
     stack = LayerStack(loaded.model)
-    eos = eos_token_ids(loaded)
+    pair = Pair(loaded, stack, None, "none", eos_token_ids(loaded))
     if draft == "none":
-        return Pair(loaded, stack, None, "none", eos)
+        return pair
+    return with_draft(pair, draft, t_spec, device=device, draft_dtype=draft_dtype)
+
+
+def with_draft(
+    pair: Pair,
+    draft: str | ModelSpec,
+    target_spec: ModelSpec,
+    *,
+    device: str = "auto",
+    draft_dtype: str | torch.dtype | None = None,
+) -> Pair:
+    """``pair``'s target (the same loaded weights) with another draft: how a bench compares drafters."""
+    loaded, stack, eos = pair.target, pair.stack, pair.eos_ids
     d_spec = draft if isinstance(draft, ModelSpec) else parse_model_spec(draft, allow_self=True)
+    if d_spec.kind == "ngram":  # prompt lookup: no draft model, so no draft dtype either
+        return Pair(loaded, stack, NgramDrafter(d_spec.n_max, d_spec.n_min), d_spec.describe(), eos)
     separate = draft_dtype is not None and resolve_dtype(draft_dtype, loaded.device) != loaded.dtype
     suffix = f"@{resolve_dtype(draft_dtype, loaded.device)}".replace("torch.", "") if separate else ""
     if d_spec.kind == "self":
         d_stack = (
-            LayerStack(load_model(t_spec, device=device, dtype=draft_dtype).model) if separate else stack
+            LayerStack(load_model(target_spec, device=device, dtype=draft_dtype).model) if separate else stack
         )
         exit_model = _early_exit(d_stack, loaded, d_spec)
         drafter = ModelDrafter(exit_model, loaded.device) if separate else SelfDrafter(exit_model)

@@ -6,9 +6,10 @@ method is kept out of the figures. HF ``generate`` on the same prompts is the ou
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -16,7 +17,10 @@ from tqdm.auto import tqdm
 from autojudge_eval.benchmarks.gsm8k import answers_match, extract_final_number
 from autojudge_eval.config import DecodeConfig
 from autojudge_eval.engine.acceptance import AcceptRule, ExactMatch, JudgeAccept, constant_judge
-from autojudge_eval.engine.decoding import DecodeStats, sync_device
+from autojudge_eval.engine.decoding import DecodeStats, speculative_generate, sync_device, verify
+from autojudge_eval.engine.drafters import Drafter
+from autojudge_eval.engine.stack import LayerStack, RowLayout
+from autojudge_eval.errors import ConfigError
 from autojudge_eval.models.pair import Pair
 from autojudge_eval.provenance import cpu_model
 from autojudge_eval.sweeps.runs import tally
@@ -78,27 +82,67 @@ def hf_generate(pair: Pair, prompt: list[int], max_new_tokens: int) -> tuple[lis
     return tokens, stats
 
 
+@dataclass(frozen=True)
+class Method:
+    """One bench method: a drafter (None: target-only) and an acceptance rule (None: lossless)."""
+
+    drafter: Drafter | None
+    rule: AcceptRule | None = None
+    draft_name: str = ""
+    row_layout: bool = False  # verify windows through engine.stack.RowLayout's transposed weights
+
+
 def run_bench(
     pair: Pair,
     prompts: Sequence[tuple[list[int], str | None]],
     cfg: DecodeConfig,
     *,
     judge: Callable[[torch.Tensor], float] | None = None,
-    features: str = "DD-DT",
+    features: str = "DT",
     threshold: float = 0.5,
     with_hf: bool = True,
+    physics: bool = True,
 ) -> dict:
     """Run target, lossless, autojudge (and HF generate) on ``benchmarks.prompts`` = [(ids, gold answer)]."""
-    stand_in = judge is None
-    rules: dict[str, tuple[str, AcceptRule | None]] = {
-        "target": ("target", None),
-        "lossless": ("lossless", ExactMatch()),
-        "autojudge": ("autojudge", JudgeAccept(judge or constant_judge(0.0), threshold, features)),
+    rule = JudgeAccept(judge or constant_judge(0.0), threshold, features)
+    methods = {
+        "target": Method(None),
+        "lossless": Method(pair.drafter, ExactMatch(), pair.draft_name),
+        "autojudge": Method(pair.drafter, rule, pair.draft_name),
     }
-    runners: dict[str, Callable] = {
-        name: (lambda p, mode=mode, rule=rule: pair.generate(p, replace(cfg, mode=mode), rule))
-        for name, (mode, rule) in rules.items()
-    }
+    report = run_methods(pair, prompts, cfg, methods, with_hf=with_hf, physics=physics)
+    report["config"]["judge"] = "stand-in: accepts every mismatch" if judge is None else "trained"
+    report["config"]["threshold"] = threshold
+    return report
+
+
+def run_methods(
+    pair: Pair,
+    prompts: Sequence[tuple[list[int], str | None]],
+    cfg: DecodeConfig,
+    methods: dict[str, Method],
+    *,
+    with_hf: bool = True,
+    physics: bool = True,
+) -> dict:
+    """Run ``methods`` (and HF generate) interleaved prompt by prompt on the same target; "target" must be
+    one of them (the ratios' base). With ``physics`` the report also holds the measured cost curve."""
+    if "target" not in methods:
+        raise ConfigError("a bench needs the target-only method: the ratios are to it")
+    stop = pair.stop(cfg.max_new_tokens, cfg.stop)
+    layout = row_layout(pair.stack) if any(m.row_layout for m in methods.values()) else None
+
+    def generate(prompt: list[int], m: Method):
+        if layout is None:
+            return speculative_generate(
+                pair.stack, m.drafter, prompt, stop=stop, rule=m.rule, window=cfg.window
+            )
+        with layout.enabled(m.row_layout):
+            return speculative_generate(
+                pair.stack, m.drafter, prompt, stop=stop, rule=m.rule, window=cfg.window
+            )
+
+    runners: dict[str, Callable] = {name: (lambda p, m=m: generate(p, m)) for name, m in methods.items()}
     if with_hf:
         runners["hf_generate"] = lambda p: hf_generate(pair, p, cfg.max_new_tokens)
     for run in runners.values():  # warm-up, not counted
@@ -111,20 +155,144 @@ def run_bench(
             totals[name].add(
                 tokens, stats, answer is not None and gold is not None and answers_match(answer, gold), answer
             )
-    return _report(pair, cfg, totals, stand_in, threshold)
+    report = _report(pair, cfg, totals)
+    for name, m in methods.items():
+        report["methods"][name]["draft"] = m.draft_name or None
+    if physics:
+        drafters = {m.draft_name: m.drafter for m in methods.values() if m.drafter is not None}
+        texts = [p for p, _ in prompts]
+        report["physics"] = measure_physics(pair.stack, drafters, texts, cfg.window)
+        if layout is not None:
+            with layout.enabled():
+                report["physics_row_layout"] = measure_physics(pair.stack, drafters, texts, cfg.window)
+        for name, m in methods.items():
+            phys = report["physics_row_layout" if m.row_layout else "physics"]
+            report["methods"][name]["ceiling_vs_target"] = ceiling(
+                totals[name].stats, phys, m.draft_name if m.drafter is not None else None
+            )
+            report["methods"][name]["row_layout"] = m.row_layout
+    return report
 
 
-def _report(
-    pair: Pair, cfg: DecodeConfig, totals: dict[str, MethodRun], stand_in: bool, threshold: float
+def row_layout(stack: LayerStack) -> RowLayout:
+    """The stack's :class:`RowLayout`, installed on first use (it copies every linear weight once)."""
+    if getattr(stack, "row_layout", None) is None:
+        stack.row_layout = RowLayout(stack.model)
+    return stack.row_layout
+
+
+def _median_s(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def measure_physics(
+    stack: LayerStack,
+    drafters: dict[str, Drafter],
+    prompts: Sequence[Sequence[int]],
+    window: int,
+    *,
+    context: int = 256,
+    reps: int = 7,
 ) -> dict:
+    """What one cycle costs, measured in this run (median of ``reps``), relative to a one-token target step.
+
+    * ``target_forward_ms`` / ``target_forward_rel``: a target forward over q = 1..K+1 new tokens after a
+      context of up to ``context`` tokens (the prompts joined);
+    * per drafter: ``propose_ms`` for one K-token proposal after the same context (its lookups or draft
+      forwards), ``proposed`` (tokens it gave there), ``draft_rel_per_token`` (``propose_ms`` / proposed /
+      step), and ``verify_rel`` (the verify forward of that proposal; a self-draft's verify runs only the
+      target's top layers on states it computed).
+    """
+    text = [t for p in prompts for t in p][:context]
+    seq = torch.tensor(text, dtype=torch.long, device=stack.device)
+    base = len(seq) - 1
+    cache = stack.new_cache(len(seq) + window + 2)
+    stack.run(stack.embed(seq[:-1]), cache)
+
+    def forward(q: int) -> None:
+        stack.forward(torch.cat([seq[-1:], seq[: q - 1]]), cache)  # any q tokens: the cost, not the text
+        cache.crop(base)
+
+    forward(1)
+    curve = {q: _median_s(lambda q=q: forward(q), reps) for q in range(1, window + 2)}
+    step = curve[1]
+    out: dict = {
+        "context_tokens": len(seq),
+        "window": window,
+        "reps": reps,
+        "target_forward_ms": {q: 1000 * t for q, t in curve.items()},
+        "target_forward_rel": {q: t / step for q, t in curve.items()},
+        "drafters": {},
+    }
+    for name, drafter in drafters.items():
+        drafter.reset(cache)
+        if drafter.kind == "model":  # its own cache catches up on the context once, outside the timing
+            drafter.propose(seq, window, with_hidden=False)
+            drafter.rollback(base)
+
+        def propose(drafter=drafter):
+            proposal = drafter.propose(seq, window, with_hidden=False)
+            cache.crop(base)
+            drafter.rollback(base)
+            return proposal
+
+        proposal = propose()
+        propose_s = _median_s(propose, reps)
+
+        def check(proposal=proposal):
+            verify(stack, seq, proposal, cache)
+            cache.crop(base)
+
+        verify_s = _median_s(check, reps) if len(proposal.tokens) else curve[1]
+        proposal = propose()  # leave the caches as they were
+        n = len(proposal.tokens)
+        out["drafters"][name] = {
+            "kind": drafter.kind,
+            "propose_ms": 1000 * propose_s,
+            "proposed": n,
+            "draft_rel_per_token": propose_s / max(n, 1) / step,
+            "verify_rel": verify_s / step,
+        }
+    cache.crop(0)
+    return out
+
+
+def ceiling(stats: DecodeStats, phys: dict, draft: str | None) -> float:
+    """The speed-up over target-only that the measured cost curve predicts for these cycles: new tokens ÷
+    the summed relative cost of their cycles (no Python, judge or bookkeeping overhead counted).
+
+    A cycle that proposed p tokens costs: with no proposal, one step (plus the lookup); else, for a drafter
+    that reuses target states, its measured proposal + verify (at K); for any other, the target forward at
+    p + 1 tokens + p draft tokens."""
+    if draft is None or not stats.cycles:
+        return 1.0 if stats.new_tokens else 0.0
+    d, rel = phys["drafters"][draft], phys["target_forward_rel"]
+    per_token = d["draft_rel_per_token"]
+    total = 0.0
+    for p in stats.proposed:
+        if p == 0:
+            total += 1.0 + (per_token if d["kind"] == "lookup" else 0.0)
+        elif d["kind"] == "self":
+            total += per_token * d["proposed"] + d["verify_rel"]
+        else:
+            total += rel[min(p + 1, max(rel))] + per_token * p
+    return stats.new_tokens / total if total else 0.0
+
+
+def _report(pair: Pair, cfg: DecodeConfig, totals: dict[str, MethodRun]) -> dict:
     methods = {name: t.summary() for name, t in totals.items()}
     base = methods["target"]["tokens_per_s"] or 1.0
     for summary in methods.values():
         summary["speedup_vs_target"] = summary["tokens_per_s"] / base
     reference = totals["target"].outputs
-
-    for name in ("lossless", "hf_generate", "autojudge"):
-        if name in totals:
+    for name in totals:
+        if name != "target":
             same = sum(a == b for a, b in zip(totals[name].outputs, reference, strict=True))
             methods[name]["identical_to_target"] = same / max(len(reference), 1)  # token for token
             methods[name]["answer_agreement"] = answer_agreement(
@@ -138,8 +306,6 @@ def _report(
             "max_new_tokens": cfg.max_new_tokens,
             "dtype": str(pair.target.dtype).replace("torch.", ""),
             "device": str(pair.stack.device),
-            "judge": "stand-in: accepts every mismatch" if stand_in else "trained",
-            "threshold": threshold,
             "torch_threads": torch.get_num_threads(),
             "cpu": cpu_model(),
             "torch": torch.__version__,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import tiny_models
+import torch
 
 from autojudge_eval.cli.main import main
 
@@ -94,3 +95,70 @@ def test_bad_spec_is_a_one_line_error(capsys):
     assert main(["bench", "--target", "no such model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("autojudge-eval: error: cannot read model spec") and "Traceback" not in err
+
+
+def test_bench_compares_drafts_and_reports_the_cost_curve(tiny_pair_dirs, data_dir, capsys):
+    target, draft = tiny_pair_dirs
+    args = [
+        "bench",
+        "--target",
+        str(target),
+        "--drafts",
+        f"{draft},ngram",
+        "--judge",
+        "accept-all,reject-all",
+    ]
+    args += ["--data", str(data_dir / "gsm8k"), "--limit", "2", "--max-new-tokens", "10", "--window", "3"]
+    assert main([*args, "--skip", f"autojudge@{draft}*", "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    methods = report["methods"]
+    assert set(methods) == {
+        "target",
+        "hf_generate",
+        f"lossless@{draft}",
+        "lossless@ngram",
+        "autojudge@ngram[accept-all]",
+        "autojudge@ngram[reject-all]",
+    }
+    for name in (f"lossless@{draft}", "lossless@ngram", "autojudge@ngram[reject-all]", "hf_generate"):
+        assert methods[name]["identical_to_target"] == 1.0, name
+    phys = report["physics"]
+    assert sorted(phys["target_forward_rel"], key=int) == ["1", "2", "3", "4"]  # q = 1..K+1
+    assert phys["target_forward_rel"]["1"] == 1.0
+    assert set(phys["drafters"]) == {str(draft), "ngram"}
+    assert phys["drafters"]["ngram"]["kind"] == "lookup"
+    assert all(d["draft_rel_per_token"] > 0 and d["verify_rel"] > 0 for d in phys["drafters"].values())
+    assert methods["target"]["ceiling_vs_target"] == 1.0
+    assert all(m["ceiling_vs_target"] > 0 for m in methods.values() if "ceiling_vs_target" in m)
+    assert "per draft token" in out and "ceiling" in out
+
+
+def test_bench_row_layout_twins(tiny_pair_dirs, data_dir, capsys):
+    target, _ = tiny_pair_dirs
+    args = ["bench", "--target", str(target), "--draft", "ngram", "--row-layout", "both", "--no-hf"]
+    assert (
+        main([*args, "--data", str(data_dir / "gsm8k"), "--limit", "1", "--max-new-tokens", "8", "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    methods = report["methods"]
+    assert set(methods) == {"target", "lossless", "autojudge", "lossless+rowlayout", "autojudge+rowlayout"}
+    assert methods["lossless+rowlayout"]["row_layout"] and not methods["lossless"]["row_layout"]
+    assert methods["lossless+rowlayout"]["identical_to_target"] == 1.0
+    assert set(report["physics_row_layout"]["target_forward_rel"]) == set(
+        report["physics"]["target_forward_rel"]
+    )
+
+
+def test_bench_refuses_an_explicit_dd_judge_for_ngram_alone(tiny_pair_dirs, data_dir, tmp_path, capsys):
+    from autojudge_eval.judging.artifact import Judge
+
+    target, _ = tiny_pair_dirs
+    card = {"features": "DD-DT", "target_hidden_size": 64, "draft_hidden_size": 64, "pair": f"{target}|ngram"}
+    Judge(torch.zeros(128), torch.ones(128), torch.zeros(128), torch.tensor([0.0]), card=card).save(
+        tmp_path / "j"
+    )
+    args = ["bench", "--target", str(target), "--draft", "ngram", "--judge", str(tmp_path / "j")]
+    assert main([*args, "--data", str(data_dir / "gsm8k"), "--limit", "1", "--no-hf"]) == 2
+    assert "proposes none" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from conftest import tiny_llama
 
 from autojudge_eval.engine.decoding import StopCriteria, speculative_generate
 from autojudge_eval.engine.drafters import Adapter, EarlyExit, FullModel, ModelDrafter, SelfDrafter
+from autojudge_eval.engine.ngram import NgramDrafter
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, SandboxError
 from autojudge_eval.mining.batch import BatchMiner
@@ -55,6 +56,7 @@ def drafters(target, draft_model):
     return {
         "model": ModelDrafter(FullModel(LayerStack(draft_model), VOCAB), "cpu"),
         "self": SelfDrafter(exit_model),
+        "lookup": NgramDrafter(n_max=2, n_min=1),
     }
 
 
@@ -84,6 +86,17 @@ def naive_stop(decided=None):
 @torch.no_grad()
 def naive_draft(kind, draft_model, drafter, seq: list[int]) -> tuple[list[int], torch.Tensor]:
     """Greedy draft token after every prefix of ``seq`` and the draft's hidden states, in one fresh pass."""
+    if kind == "lookup":  # brute force: what followed the most recent earlier match of the longest suffix
+        preds = []
+        for p in range(len(seq)):
+            prefix, pred = seq[: p + 1], seq[p + 1] if p + 1 < len(seq) else -1  # no match: no disagreement
+            for n in range(min(2, len(prefix) - 1), 0, -1):
+                hits = [s for s in range(len(prefix) - n) if prefix[s : s + n] == prefix[-n:]]
+                if hits:
+                    pred = prefix[hits[-1] + n]
+                    break
+            preds.append(pred)
+        return preds, torch.zeros(len(seq), 0)
     if kind == "model":
         out = draft_model.model(torch.tensor([seq]))
         hidden = out.last_hidden_state[0]
@@ -116,12 +129,14 @@ def naive_search(target_model, kind, draft_model, drafter, prompt, task):
 # --- the search ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["model", "self"])
+@pytest.mark.parametrize("kind", ["model", "self", "lookup"])
 def test_search_matches_naive_search(kind, target, target_model, draft_model, drafters):
     stops_on_7 = CallableOutcome(MOD3.fn, decided_fn=lambda gen: 7 in gen)
     miner = Miner(target, drafters[kind], [EOS], MineSettings(max_new_tokens=MAX_NEW))
     seen = 0
-    for prompt, task in zip(prompts(3), (MOD3, stops_on_7, MOD3), strict=True):
+    n = 8 if kind == "lookup" else 3  # lookups on short random prompts find few mismatches
+    tasks = [MOD3, stops_on_7, MOD3] if kind != "lookup" else [CallableOutcome(lambda t: sum(t) % 2)] * 8
+    for prompt, task in zip(prompts(n), tasks, strict=False):
         got = miner.mine(Problem("p", prompt, task))
         text, expected = naive_search(target_model, kind, draft_model, drafters[kind], prompt, task)
         assert got.answer == text
