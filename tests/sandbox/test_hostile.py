@@ -277,3 +277,26 @@ def test_hostile_return_values_fail():
         result = run_program(code, tests, FAST)
         assert result.outcomes[0].verdict is not Verdict.PASSED, (code, result.outcomes[0])
         assert result.outcomes[0].verdict is not Verdict.SANDBOX_ERROR
+
+
+def test_a_real_infrastructure_failure_is_retried_then_recorded(monkeypatch):
+    from autojudge_eval.sandbox import TestOutcome, runner
+
+    real, calls = runner._attempt, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            return (TestOutcome(Verdict.SANDBOX_ERROR, "simulated launcher crash"),), []
+        return real(*args)
+
+    monkeypatch.setattr(runner, "_attempt", flaky)
+    assert run_program("print(3)\n", [TestCase("", "3")], FAST).passed and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(
+        runner,
+        "_attempt",
+        lambda *a: (calls.append(1), ((TestOutcome(Verdict.SANDBOX_ERROR, "down"),), []))[1],
+    )
+    result = run_program("print(3)\n", [TestCase("", "3")], FAST)
+    assert result.outcomes[0].verdict is Verdict.SANDBOX_ERROR and len(calls) == 1 + runner.INFRA_RETRIES
