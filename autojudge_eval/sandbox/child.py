@@ -18,7 +18,6 @@ import ctypes
 import json
 import linecache
 import os
-import platform
 import resource
 import signal
 import struct
@@ -28,8 +27,12 @@ import traceback
 from types import CodeType, FrameType
 
 from autojudge_eval.sandbox.common import (
+    CALL_KINDS,
     DETAIL_CHARS,
     OUTPUT_CHARS,
+    PREAMBLE,
+    PREAMBLE_MODULES,
+    TestTimeout,
     ValueTooComplex,
     decode_value,
     encode_value,
@@ -42,19 +45,7 @@ __all__ = ["EVENT_FD", "PREAMBLE", "PREAMBLE_MODULES", "TestTimeout", "runner_ma
 
 CMD_FD, REPORT_FD, CGROUP_FD = 3, 4, 5  # the runner's descriptors, set up by the launcher
 EVENT_FD, GO_FD, SETUP_FD = 1000, 1001, 1002  # a worker's descriptors (SETUP_FD closes before the program)
-PREAMBLE_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random")
-PREAMBLE_MODULES += ("statistics", "itertools", "functools", "operator", "io", "sys", "json")
-# LiveCodeBench runs every solution after these star-imports (and a raised recursion limit); so do we.
-PREAMBLE = "".join(f"from {m} import *\n" for m in (*PREAMBLE_MODULES, "builtins", "typing"))
-PREAMBLE += "".join(f"import {m}\n" for m in PREAMBLE_MODULES) + "sys.setrecursionlimit(50000)\n"
-CALL_KINDS = ("functional", "call")  # one worker answers many calls
 _GRACE = 0.25  # seconds past the per-test wall limit before the runner kills a worker
-
-
-class TestTimeout(BaseException):
-    """Raised by SIGALRM inside a functional worker when one call overruns."""
-
-    __test__ = False  # not a pytest class
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -68,6 +59,7 @@ def runner_main(job: dict) -> None:
     """Serve "run i" commands from the launcher until it closes the command pipe."""
     _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem or fd for same-uid processes
     _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
+    os.environ.update(HOME=job["workdir"], TMPDIR=job["workdir"])
     preamble = None
     if job["preamble"]:  # import once here: every worker starts warm
         for module in (*PREAMBLE_MODULES, "typing"):
@@ -76,12 +68,13 @@ def runner_main(job: dict) -> None:
     _report({"runner": "ready"})
     state: dict = {"worker": None}
     commands = os.fdopen(CMD_FD, "r", encoding="utf-8")
-    for line in commands:
-        index = json.loads(line)["run"]
+    for line in commands:  # each command carries its test's input: only the tests that run are sent
+        command = json.loads(line)
+        index, raw_input = command["run"], command["input"]
         if job["kind"] in CALL_KINDS:
-            _report(_call(job, index, preamble, state))
+            _report(_call(job, index, raw_input, preamble, state))
         else:
-            _report(_single(job, index, preamble))
+            _report(_single(job, index, raw_input, preamble))
     if state["worker"] is not None:
         _finish(job, state["worker"])
 
@@ -159,11 +152,11 @@ def _texts(bufs: dict[str, bytearray]) -> dict:
     return {name: bufs[name].decode("utf-8", "replace") for name in ("out", "err")}
 
 
-def _single(job: dict, index: int, preamble: CodeType | None) -> dict:
+def _single(job: dict, index: int, raw_input: str, preamble: CodeType | None) -> dict:
     """One worker runs the whole program on one test (stdin or script kinds)."""
     started = time.monotonic()
     try:
-        handle = _spawn(job, index, preamble, job["inputs"][index] if job["kind"] == "stdin" else "")
+        handle = _spawn(job, index, preamble, raw_input if job["kind"] == "stdin" else "")
     except OSError as exc:
         return {"i": index, "infra": str(exc)}
     bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), job["limits"]["wall_seconds"])
@@ -173,7 +166,7 @@ def _single(job: dict, index: int, preamble: CodeType | None) -> dict:
             "elapsed": time.monotonic() - started, "setup": handle["setup"]}  # fmt: skip
 
 
-def _call(job: dict, index: int, preamble: CodeType | None, state: dict) -> dict:
+def _call(job: dict, index: int, raw_input: str, preamble: CodeType | None, state: dict) -> dict:
     """One call of a functional worker, started if needed (and restarted after a crash)."""
     wall = job["limits"]["wall_seconds"]
     handle = state["worker"]
@@ -193,7 +186,7 @@ def _call(job: dict, index: int, preamble: CodeType | None, state: dict) -> dict
             return _ended(job, state, index, bufs, reason, started, ready=False)
     started = time.monotonic()
     try:
-        write_all(handle["go"], f"{index}\n".encode())
+        write_all(handle["go"], (json.dumps({"i": index, "input": raw_input}) + "\n").encode())
     except OSError:
         bufs = {name: bytearray() for name in ("out", "err", "ev")}
         return _ended(job, state, index, bufs, "exited", started, ready=True)
@@ -261,7 +254,7 @@ def _prepare(job: dict, first: int, stdin_fd: int, writers: dict[str, int]) -> l
     os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX"))
     os.chdir(job["workdir"])
     limits = job["limits"]
-    calls = len(job["inputs"]) - first if job["kind"] in CALL_KINDS else 1
+    calls = job["n_tests"] - first if job["kind"] in CALL_KINDS else 1
     cpu = int(limits["cpu_seconds"] * calls + 0.999)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for name, value in (
@@ -328,7 +321,7 @@ _NAMESPACE_FLAGS = 0x7E020080  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEW
 
 def seccomp_program() -> bytes | None:
     """The filter as packed ``sock_filter`` entries, or None on an architecture it does not know."""
-    if platform.machine() != "x86_64":
+    if os.uname().machine != "x86_64":
         return None
     ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
 
@@ -430,8 +423,8 @@ def _run_calls(job: dict, first: int, preamble: CodeType | None) -> int:
     signal.signal(signal.SIGALRM, _on_alarm)
     go = os.fdopen(GO_FD, "r", encoding="utf-8")
     while line := go.readline():
-        index = int(line)
-        _event({"i": index, **_call_once(job, method, job["inputs"][index])})
+        command = json.loads(line)
+        _event({"i": command["i"], **_call_once(job, method, command["input"])})
     return 0
 
 

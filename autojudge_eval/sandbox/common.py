@@ -17,6 +17,10 @@ import time
 from collections.abc import Callable
 
 __all__ = [
+    "CALL_KINDS",
+    "PREAMBLE",
+    "PREAMBLE_MODULES",
+    "TestTimeout",
     "DETAIL_CHARS",
     "OUTPUT_CHARS",
     "Verdict",
@@ -34,6 +38,20 @@ __all__ = [
 
 DETAIL_CHARS = 500  # bound on TestOutcome.detail
 OUTPUT_CHARS = 1000  # bound on TestOutcome.output (the full output is kept only as a sha256)
+
+
+PREAMBLE_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random")
+PREAMBLE_MODULES += ("statistics", "itertools", "functools", "operator", "io", "sys", "json")
+# LiveCodeBench runs every solution after these star-imports (and a raised recursion limit); so do we.
+PREAMBLE = "".join(f"from {m} import *\n" for m in (*PREAMBLE_MODULES, "builtins", "typing"))
+PREAMBLE += "".join(f"import {m}\n" for m in PREAMBLE_MODULES) + "sys.setrecursionlimit(50000)\n"
+CALL_KINDS = ("functional", "call")  # one worker answers many calls
+
+
+class TestTimeout(BaseException):
+    """Raised by SIGALRM inside a functional worker when one call overruns."""
+
+    __test__ = False  # not a pytest class
 
 
 class Verdict(str, enum.Enum):

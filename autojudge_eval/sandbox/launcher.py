@@ -39,11 +39,13 @@ def _bare_package() -> None:
 
 _bare_package()
 
-from autojudge_eval.sandbox import child as sandbox_child  # noqa: E402
 from autojudge_eval.sandbox import mounts as sandbox_mounts  # noqa: E402
 from autojudge_eval.sandbox.common import (  # noqa: E402
+    CALL_KINDS,
     DETAIL_CHARS,
     OUTPUT_CHARS,
+    PREAMBLE_MODULES,
+    TestTimeout,
     Verdict,
     bounded,
     compare_stdout,
@@ -62,6 +64,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _RUNNER_BOOTSTRAP = (
     "import json, os, sys, types\n"
     "sys.path[:] = [p for p in sys.path if p]\n"
+    "for name in sys.argv[1:]:\n"  # the preamble's modules, imported while the launcher sets up
+    "    __import__(name)\n"
     "data = bytearray()\n"
     "while chunk := os.read(6, 1 << 20):\n"
     "    data += chunk\n"
@@ -91,11 +95,13 @@ def main(job_path: str) -> None:
         with open(os.path.join(here, f"{name}.py"), encoding="utf-8") as fh:
             modules.append((f"autojudge_eval.sandbox.{name}", fh.read()))
     cgroup = _open_cgroup(job)
-    python = os.path.realpath(sys.executable)  # before the pivot: the venv's link is not inside
-    parts, warnings, workdir = _isolate(job)
     _LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
+    # Start the runner's interpreter now, so it imports while we build the minimal root; pivot_root moves
+    # its root and working directory too, and it gets the program only after that.
+    runner = _Runner(job, cgroup, os.path.realpath(sys.executable))
+    parts, warnings, workdir = _isolate(job)
     _emit({"isolation": ["exec-runner", *parts], "warnings": warnings})
-    runner = _Runner(job, modules, workdir, cgroup, python)
+    runner.boot(job, modules, workdir)
     layers: list[str] = []
     try:
         _judge_all(job, runner, cgroup, layers)
@@ -160,17 +166,13 @@ class _Runner:
     """The runner process (``sandbox.child.runner_main``), a fresh interpreter that gets the program, the
     inputs and the limits, never the expected outputs, and answers "run i" with what the program did."""
 
-    def __init__(self, job: dict, modules: list, workdir: str, cgroup: dict, python: str) -> None:
-        keys = ("code", "kind", "func_name", "inputs", "limits", "uid", "nest_userns", "preamble")
-        inner = {key: job[key] for key in keys}
-        inner.update(workdir=workdir, cgroup_fd=5 if cgroup["procs"] is not None else None)
-        boot = os.memfd_create("boot")
-        write_all(boot, json.dumps({"modules": modules, "job": inner}).encode())
-        os.lseek(boot, 0, os.SEEK_SET)
+    def __init__(self, job: dict, cgroup: dict, python: str) -> None:
+        self.inputs, self.has_cgroup = job["inputs"], cgroup["procs"] is not None
+        boot, self.boot_w = os.pipe()
         cmd_r, self.cmd = os.pipe()
         self.reports, rep_w = os.pipe()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-        env.update(PYTHONDONTWRITEBYTECODE="1", HOME=workdir, TMPDIR=workdir)
+        env.update(PYTHONDONTWRITEBYTECODE="1")
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.pid = os.fork()
         if self.pid == 0:
@@ -181,7 +183,9 @@ class _Runner:
                     if fd is not None:
                         os.dup2(fd, target)
                 os.closerange(7, os.sysconf("SC_OPEN_MAX"))
-                os.execve(python, [python, "-s", "-S", "-c", _RUNNER_BOOTSTRAP], env)
+                os.chdir("/")
+                preload = [*PREAMBLE_MODULES, "typing"] if job["preamble"] else []
+                os.execve(python, [python, "-s", "-S", "-c", _RUNNER_BOOTSTRAP, *preload], env)
             except BaseException as exc:
                 with contextlib.suppress(BaseException):
                     write_all(2, f"sandbox: cannot start the runner: {exc!r}\n".encode())
@@ -190,6 +194,15 @@ class _Runner:
         for fd in (cmd_r, rep_w, boot):
             os.close(fd)
         self.buffer = b""
+
+    def boot(self, job: dict, modules: list, workdir: str) -> None:
+        """Hand the runner its modules and its job (no expected outputs), and wait until it is ready."""
+        keys = ("code", "kind", "func_name", "limits", "uid", "nest_userns", "preamble")
+        inner = {key: job[key] for key in keys}
+        inner.update(n_tests=len(job["inputs"]), workdir=workdir, cgroup_fd=5 if self.has_cgroup else None)
+        with contextlib.suppress(OSError):
+            write_all(self.boot_w, json.dumps({"modules": modules, "job": inner}).encode())
+        os.close(self.boot_w)
         self.ready = self._read(30.0) == {"runner": "ready"}
         if not self.ready:
             with contextlib.suppress(ChildProcessError):
@@ -212,7 +225,8 @@ class _Runner:
 
     def run(self, index: int, timeout: float) -> dict | None:
         try:
-            write_all(self.cmd, (json.dumps({"run": index}) + "\n").encode())
+            command = {"run": index, "input": self.inputs[index]}
+            write_all(self.cmd, (json.dumps(command) + "\n").encode())
         except OSError:
             return None
         return self._read(timeout)
@@ -234,7 +248,7 @@ def _judge_all(job: dict, runner: _Runner, cgroup: dict, layers: list[str]) -> N
         for i in range(total):
             _emit(_outcome(i, Verdict.SANDBOX_ERROR, "the sandbox's runner process did not start", "", 0.0))
         return
-    calls = job["kind"] in sandbox_child.CALL_KINDS
+    calls = job["kind"] in CALL_KINDS
     index = 0
     while index < total:
         # The runner's own watch ends each test; this bound only catches a runner that stopped answering.
@@ -306,7 +320,7 @@ def _event_verdict(kind: str, event: dict) -> tuple[Verdict, str]:
     detail = bounded(str(event.get("detail", "")), DETAIL_CHARS)
     if name == "compile_error":
         return Verdict.COMPILE_ERROR, detail
-    if exc_type == sandbox_child.TestTimeout.__name__:
+    if exc_type == TestTimeout.__name__:
         return Verdict.TIMEOUT, "the call exceeded the per-test wall-clock limit"
     if exc_type == "MemoryError":
         return Verdict.MEMORY_LIMIT, detail

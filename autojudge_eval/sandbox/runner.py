@@ -260,7 +260,16 @@ def _launcher_argv(mode: IsolationMode, job_path: str) -> list[str]:
         raise SandboxError("sys.executable is empty; cannot start a Python launcher")
     if not LAUNCHER_PATH.is_file():
         raise SandboxError(f"the sandbox launcher is missing: expected {LAUNCHER_PATH}")
-    return [*_unshare_prefix(mode), sys.executable, "-s", "-c", _BOOTSTRAP, str(LAUNCHER_PATH), job_path]
+    return [
+        *_unshare_prefix(mode),
+        sys.executable,
+        "-s",
+        "-S",
+        "-c",
+        _BOOTSTRAP,
+        str(LAUNCHER_PATH),
+        job_path,
+    ]
 
 
 def _launch(job: dict, mode: IsolationMode, budget: float) -> _LaunchReport:

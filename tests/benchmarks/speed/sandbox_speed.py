@@ -52,10 +52,13 @@ def main() -> None:
     parser.add_argument("--old", required=True)
     parser.add_argument("--new", required=True)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    parser.add_argument("--dump", default=None, help="write per-problem seconds to this JSON file")
     args = parser.parse_args()
     repo = str(Path(args.new).resolve())
     workers = {"old": start(args.old, repo), "new": start(args.new, repo)}
     n = min(json.loads(w.stdout.readline())["n"] for w in workers.values())
+    n = min(n, args.limit or n)
     seconds = {"old": [], "new": []}
     verdicts = {"old": [], "new": []}
     isolation = {}
@@ -74,6 +77,8 @@ def main() -> None:
         s = seconds[name]
         print(f"{name}: {len(s)} gradings, mean {statistics.mean(s):.3f} s, median {statistics.median(s):.3f} s, "
               f"total {sum(s):.1f} s, passed {sum(verdicts[name])}, isolation {isolation[name]}")  # fmt: skip
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(seconds))
     ratio = sum(seconds["new"]) / sum(seconds["old"])
     print(
         f"new/old total sandbox seconds: {ratio:.3f}; same pass/fail on {sum(a == b for a, b in zip(verdicts['old'], verdicts['new'], strict=True))}/{len(verdicts['old'])}"
