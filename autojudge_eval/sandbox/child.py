@@ -23,7 +23,6 @@ import signal
 import struct
 import sys
 import time
-import traceback
 from types import CodeType, FrameType
 
 from autojudge_eval.sandbox.common import (
@@ -364,6 +363,8 @@ def _event(record: dict) -> None:
 
 def _describe(exc: BaseException) -> dict:
     try:
+        import traceback  # imported by the worker that needs it, not by every runner
+
         tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the runner's own frame
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:  # a hostile __str__ must not stop the report

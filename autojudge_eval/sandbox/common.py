@@ -8,7 +8,6 @@ bare ``autojudge_eval`` package (see ``sandbox.launcher``), never through ``auto
 from __future__ import annotations
 
 import contextlib
-import decimal
 import enum
 import json
 import os
@@ -77,6 +76,8 @@ def stripped_lines(text: str) -> list[str]:
 
 
 def _decimal_tokens(line: str) -> list | None:
+    import decimal  # only when two lines differ: the runner never pays for it
+
     try:
         return [decimal.Decimal(token) for token in line.split()]
     except (decimal.InvalidOperation, ValueError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import json
 import os
 import select
@@ -58,9 +57,13 @@ from autojudge_eval.sandbox.common import (  # noqa: E402
 
 _MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
 _LIBC = ctypes.CDLL(None, use_errno=True)
+try:  # the built-in sha256: loading OpenSSL through hashlib costs more than the hashing here
+    from _sha256 import sha256 as _sha256
+except ImportError:  # pragma: no cover - builds without the built-in module
+    from hashlib import sha256 as _sha256
 # The runner's interpreter: ``-s -S`` (no site-packages, the standard library only), and this bootstrap,
-# which reads the two modules it needs (common, child) and its job from fd 6, so nothing of the checkout
-# has to be visible inside the minimal root.
+# which imports the preamble's modules, then reads the two modules it needs (common, child, compiled and
+# marshalled by the evaluator) and its job from fd 6, so nothing of the checkout is visible inside.
 _RUNNER_BOOTSTRAP = (
     "import json, os, sys, types\n"
     "sys.path[:] = [p for p in sys.path if p]\n"
@@ -75,9 +78,10 @@ _RUNNER_BOOTSTRAP = (
     "for name in ('autojudge_eval', 'autojudge_eval.sandbox'):\n"
     "    sys.modules[name] = types.ModuleType(name)\n"
     "    sys.modules[name].__path__ = []\n"
-    "for name, source in boot['modules']:\n"
+    "import binascii, marshal\n"
+    "for name, code in boot['modules']:\n"
     "    module = sys.modules[name] = types.ModuleType(name)\n"
-    "    exec(compile(source, '<sandbox ' + name + '>', 'exec'), module.__dict__)\n"
+    "    exec(marshal.loads(binascii.a2b_base64(code)), module.__dict__)\n"
     "sys.modules['autojudge_eval.sandbox.child'].runner_main(boot['job'])\n"
 )
 
@@ -89,11 +93,7 @@ def main(job_path: str) -> None:
         job = json.load(fh)
     os.unlink(job_path)  # nothing below the launcher ever sees the job (nor the expected outputs)
     _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no process of the same uid can read our memory
-    here = os.path.dirname(os.path.abspath(__file__))
-    modules = []
-    for name in ("common", "child"):
-        with open(os.path.join(here, f"{name}.py"), encoding="utf-8") as fh:
-            modules.append((f"autojudge_eval.sandbox.{name}", fh.read()))
+    modules = job.pop("modules")  # compiled by the evaluator, run by the runner
     cgroup = _open_cgroup(job)
     _LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
     # Start the runner's interpreter now, so it imports while we build the minimal root; pivot_root moves
@@ -394,7 +394,7 @@ def _completed_verdict(job: dict, index: int, stdout: str, report: dict) -> tupl
 
 
 def _outcome(index: int, verdict: Verdict, detail: str, output: str, elapsed: float) -> dict:
-    digest = hashlib.sha256(output.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = _sha256(output.encode("utf-8", "surrogatepass")).hexdigest()
     detail, output = bounded(detail, DETAIL_CHARS), bounded(output, OUTPUT_CHARS)
     return {"i": index, "verdict": verdict.value, "detail": detail, "output": output, "sha": digest,
             "elapsed": round(elapsed, 4)}  # fmt: skip

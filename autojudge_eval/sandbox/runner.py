@@ -9,10 +9,12 @@ on overrun; it is never the candidate's parent. See docs/sandbox.md.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
 import logging
+import marshal
 import os
 import secrets
 import shutil
@@ -210,6 +212,18 @@ def _check_tests(tests: tuple[TestCase, ...]) -> None:
                 raise ConfigError(f"functional test {number} is not JSON lines/JSON: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=1)
+def _runner_modules() -> tuple[tuple[str, str], ...]:
+    """common.py and child.py compiled once per evaluator process and marshalled (base64), so the sandbox's
+    runner neither compiles them nor needs to see the checkout."""
+    found = []
+    for name in ("common", "child"):
+        path = LAUNCHER_PATH.with_name(f"{name}.py")
+        code = compile(path.read_text(encoding="utf-8"), f"<sandbox {name}>", "exec")
+        found.append((f"autojudge_eval.sandbox.{name}", base64.b64encode(marshal.dumps(code)).decode()))
+    return tuple(found)
+
+
 def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: IsolationMode, workdir: str):
     root = os.geteuid() == 0
     kind = tests[0].kind
@@ -226,6 +240,7 @@ def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: Is
         "lockdown": mode is not IsolationMode.RLIMITS_ONLY,
         "preamble": kind in (TestKind.STDIN, TestKind.FUNCTIONAL),
         "cgroup": None,
+        "modules": _runner_modules(),
     }
 
 
