@@ -11,7 +11,6 @@ import contextlib
 import enum
 import json
 import os
-import selectors
 import time
 from collections.abc import Callable
 
@@ -265,6 +264,8 @@ def watch(
                 return "stopped"
         return None
 
+    import selectors  # the runner's watch; the launcher never imports it
+
     sel, pidfd = selectors.DefaultSelector(), os.pidfd_open(pid)
     try:
         sel.register(pidfd, selectors.EVENT_READ)
@@ -288,7 +289,7 @@ def watch(
 
 
 def _read_available(
-    sel: selectors.BaseSelector,
+    sel,
     fd: int,
     name: str,
     absorb: Callable[[str, bytes], str | None],
