@@ -8,21 +8,26 @@ bare ``autojudge_eval`` package (see ``sandbox.launcher``), never through ``auto
 from __future__ import annotations
 
 import contextlib
-import decimal
 import enum
 import json
 import os
-import selectors
 import time
 from collections.abc import Callable
 
 __all__ = [
+    "CALL_KINDS",
+    "PREAMBLE",
+    "PREAMBLE_MODULES",
+    "TestTimeout",
     "DETAIL_CHARS",
     "OUTPUT_CHARS",
     "Verdict",
     "bounded",
     "compare_stdout",
     "compare_value",
+    "decode_value",
+    "encode_value",
+    "judge_call",
     "parse_events",
     "stripped_lines",
     "watch",
@@ -31,6 +36,20 @@ __all__ = [
 
 DETAIL_CHARS = 500  # bound on TestOutcome.detail
 OUTPUT_CHARS = 1000  # bound on TestOutcome.output (the full output is kept only as a sha256)
+
+
+PREAMBLE_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random")
+PREAMBLE_MODULES += ("statistics", "itertools", "functools", "operator", "io", "sys", "json")
+# LiveCodeBench runs every solution after these star-imports (and a raised recursion limit); so do we.
+PREAMBLE = "".join(f"from {m} import *\n" for m in (*PREAMBLE_MODULES, "builtins", "typing"))
+PREAMBLE += "".join(f"import {m}\n" for m in PREAMBLE_MODULES) + "sys.setrecursionlimit(50000)\n"
+CALL_KINDS = ("functional", "call")  # one worker answers many calls
+
+
+class TestTimeout(BaseException):
+    """Raised by SIGALRM inside a functional worker when one call overruns."""
+
+    __test__ = False  # not a pytest class
 
 
 class Verdict(str, enum.Enum):
@@ -56,6 +75,8 @@ def stripped_lines(text: str) -> list[str]:
 
 
 def _decimal_tokens(line: str) -> list | None:
+    import decimal  # only when two lines differ: the runner never pays for it
+
     try:
         return [decimal.Decimal(token) for token in line.split()]
     except (decimal.InvalidOperation, ValueError):
@@ -87,6 +108,102 @@ def compare_value(actual_json: str, expected_json: str) -> tuple[bool, str, str]
     if got == json.loads(expected_json):
         return True, "", canonical
     return False, f"returned {canonical[:200]}, expected {expected_json[:200]}", canonical
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain values across the process boundary (HumanEval calls): JSON with tags for what JSON lacks.
+
+_TAGGED = {tuple: "tuple", set: "set", frozenset: "frozenset"}
+MAX_VALUE_NODES = 200_000  # a returned value with more parts than this is not read at all
+MAX_VALUE_DEPTH = 100
+
+
+class ValueTooComplex(ValueError):
+    """The value is not plain data (an instance of a user class, a subclass of a builtin, a cycle or
+    something too large); it is never compared."""
+
+
+def encode_value(value: object) -> object:
+    """A JSON-ready form of ``value`` that keeps every builtin type apart (int/float/bool, list/tuple,
+    set, dict with any keys, bytes). Only exact builtin types pass: a subclass or a user object (say, one
+    whose ``__eq__`` is always true) raises ValueTooComplex, as do cycles and oversized values."""
+    budget = [MAX_VALUE_NODES]
+
+    def enc(v: object, depth: int) -> object:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_VALUE_DEPTH:
+            raise ValueTooComplex("the value is too large or too deeply nested")
+        t = type(v)
+        if v is None or t is bool or t is int or t is str:
+            return v
+        if t is float:
+            return {"__t": "float", "v": repr(v)}
+        if t is list:
+            return [enc(x, depth + 1) for x in v]
+        if t in _TAGGED:
+            items = [enc(x, depth + 1) for x in v]
+            if t is not tuple:
+                items.sort(key=lambda x: json.dumps(x, sort_keys=True))
+            return {"__t": _TAGGED[t], "v": items}
+        if t is dict:
+            return {"__t": "dict", "v": [[enc(k, depth + 1), enc(x, depth + 1)] for k, x in v.items()]}
+        if t is bytes:
+            return {"__t": "bytes", "v": v.hex()}
+        raise ValueTooComplex(f"a {t.__module__}.{t.__qualname__} is not plain data")
+
+    return enc(value, 0)
+
+
+def decode_value(data: object) -> object:
+    """The plain value ``encode_value`` encoded (builtin types only; raises ValueError on anything else)."""
+    if data is None or type(data) in (bool, int, str):
+        return data
+    if type(data) is list:
+        return [decode_value(x) for x in data]
+    if type(data) is dict and set(data) == {"__t", "v"}:
+        tag, v = data["__t"], data["v"]
+        if tag == "float" and type(v) is str:
+            return float(v)
+        if tag == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+        if tag == "dict" and type(v) is list:
+            return {decode_value(k): decode_value(x) for k, x in v}
+        kinds = {name: kind for kind, name in _TAGGED.items()}
+        if tag in kinds and type(v) is list:
+            return kinds[tag](decode_value(x) for x in v)
+    raise ValueError(f"not an encoded plain value: {str(data)[:100]}")
+
+
+def judge_call(actual_json: str, expected_json: str) -> tuple[bool, str, str]:
+    """Judge one HumanEval call: ``actual_json`` is the encoded returned value, ``expected_json`` the
+    assertion {"op", "value", "tol"} converted from ``check``. Both are decoded to builtin values here, on
+    the trusted side, so no object of the program's takes part in the comparison."""
+    spec = json.loads(expected_json)
+    try:
+        got = decode_value(json.loads(actual_json))
+        want = decode_value(spec.get("value"))
+    except (ValueError, TypeError, RecursionError) as exc:
+        return False, f"the returned value could not be read back: {exc}", bounded(actual_json, OUTPUT_CHARS)
+    shown = bounded(repr(got), OUTPUT_CHARS)
+    op = spec["op"]
+    try:
+        if op == "eq":
+            ok = got == want
+        elif op == "close":
+            ok = abs(got - want) < spec["tol"]
+        elif op == "truthy":
+            ok = bool(got)
+        elif op == "falsy":
+            ok = not got
+        elif op == "is":
+            ok = got is want
+        else:
+            return False, f"unknown assertion {op!r}", shown
+    except (TypeError, ValueError, OverflowError) as exc:
+        return False, f"the assertion raised {type(exc).__name__}: {exc}", shown
+    if ok:
+        return True, "", shown
+    return False, f"assertion {op} failed: returned {shown[:200]}, expected {repr(want)[:200]}", shown
 
 
 def bounded(text: str, limit: int) -> str:
@@ -126,8 +243,9 @@ def watch(
     """Collect a process's output until it exits, a stream passes its cap, or ``window`` seconds pass.
 
     ``streams`` maps names to (fd, cap). With ``on_event``, the "ev" stream is read as JSON lines as they
-    come: each line restarts the window and ``on_event`` returning False stops the watch. Returns the
-    buffers and one reason: "exited", "timeout", "stopped" or "overflow:<name>".
+    come and ``on_event`` returning False stops the watch. The window is fixed when the watch starts: nothing
+    the process writes extends it. Returns the buffers and one reason: "exited", "timeout", "stopped" or
+    "overflow:<name>".
     """
     names = {fd: name for name, (fd, _) in streams.items()}
     bufs = {name: bytearray() for name in streams}
@@ -141,10 +259,12 @@ def watch(
             return None
         while (end := bufs["ev"].find(b"\n", state["consumed"])) >= 0:
             events = parse_events(bytes(bufs["ev"][state["consumed"] : end]))
-            state["consumed"], state["deadline"] = end + 1, time.monotonic() + window
+            state["consumed"] = end + 1
             if events and not on_event(events[0]):
                 return "stopped"
         return None
+
+    import selectors  # the runner's watch; the launcher never imports it
 
     sel, pidfd = selectors.DefaultSelector(), os.pidfd_open(pid)
     try:
@@ -169,7 +289,7 @@ def watch(
 
 
 def _read_available(
-    sel: selectors.BaseSelector,
+    sel,
     fd: int,
     name: str,
     absorb: Callable[[str, bytes], str | None],

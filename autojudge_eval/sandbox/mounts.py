@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import sys
 import time
 
@@ -62,6 +61,8 @@ def _hide_private_dirs(workdir: str) -> None:
 
 
 def _mountinfo() -> list[tuple[str, list[str]]]:
+    import re  # only the fallback lockdown reads the mount table
+
     rows = []
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:
         for line in fh:
@@ -96,3 +97,75 @@ def _check_readonly(directories: list[str]) -> None:
         os.close(fd)
         os.unlink(probe)
         raise PermissionError(f"{directory} is still writable after the read-only remount")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The minimal root: an empty tmpfs with only the interpreter, its standard library, the shared libraries,
+# /dev/null, /dev/urandom and the work dir bound in, entered with pivot_root (the host's tree is detached).
+
+INNER_WORKDIR = "/sandbox"
+_ST_CARRIED = {4: "NODEV", 8: "NOEXEC", 1024: "NOATIME", 2048: "NODIRATIME", 4096: "RELATIME"}
+
+
+def _carried_flags(path: str) -> int:
+    flags = os.statvfs(path).f_flag
+    return sum(_MS[name] for bit, name in _ST_CARRIED.items() if flags & bit)
+
+
+def _bind_readonly(source: str, target: str) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        open(target, "a").close()
+    _mount(source, target, None, _MS["BIND"] | _MS["REC"])
+    flags = _MS["REMOUNT"] | _MS["BIND"] | _MS["RDONLY"] | _MS["NOSUID"] | _carried_flags(source)
+    _mount(None, target, None, flags)
+
+
+def _system_paths() -> list[str]:
+    """What the interpreter needs: its install (site-packages hidden later), the loader's cache and the
+    shared-library folders; /lib and /lib64 are recreated as the symlinks they are on merged-/usr systems."""
+    base = os.path.realpath(sys.base_prefix)
+    paths = [base, "/etc/ld.so.cache", "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/lib32", "/usr/lib32"]
+    return [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+
+
+def minimal_root(root: str, owner: int, file_size_bytes: int) -> None:
+    """Build the minimal root on the (empty) directory ``root`` and pivot into it. Raises OSError on any
+    failure; the caller then falls back to ``lockdown``."""
+    _mount(None, "/", None, _MS["REC"] | _MS["PRIVATE"])
+    _mount("tmpfs", root, "tmpfs", _MS["NOSUID"] | _MS["NODEV"], "size=4m,mode=0755")
+    base = os.path.realpath(sys.base_prefix)
+    for path in _system_paths():
+        target = root + path
+        if os.path.islink(path) and not path.startswith(base):
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.symlink(os.readlink(path), target)
+        else:
+            _bind_readonly(path, target)
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for hidden in ("site-packages", "dist-packages"):  # the interpreter and its standard library only
+        folder = os.path.join(root + base, "lib", version, hidden)
+        if os.path.isdir(folder):
+            _mount(
+                "tmpfs", folder, "tmpfs", _MS["NOSUID"] | _MS["NODEV"] | _MS["RDONLY"], "size=4k,mode=0555"
+            )
+    for device in ("/dev/null", "/dev/urandom"):
+        os.makedirs(root + "/dev", mode=0o755, exist_ok=True)
+        open(root + device, "a").close()
+        _mount(device, root + device, None, _MS["BIND"])
+        _mount(None, root + device, None, _MS["REMOUNT"] | _MS["BIND"] | _MS["NOSUID"] | _MS["NOEXEC"])
+    work = root + INNER_WORKDIR
+    os.makedirs(work, mode=0o755)
+    options = f"size={4 * file_size_bytes},mode=0700,uid={owner},gid={owner}"
+    _mount("tmpfs", work, "tmpfs", _MS["NOSUID"] | _MS["NODEV"], options)
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.chdir(root)
+    if libc.syscall(155, b".", b"."):  # pivot_root(".", "."): the old root now sits under the new one
+        raise OSError(ctypes.get_errno(), "pivot_root failed")
+    if libc.umount2(b".", 2):  # MNT_DETACH: the host's tree is gone from this namespace
+        raise OSError(ctypes.get_errno(), "detaching the old root failed")
+    os.chdir("/")
+    _mount(None, "/", None, _MS["REMOUNT"] | _MS["RDONLY"] | _MS["NOSUID"] | _MS["NODEV"])
+    _check_readonly(["/", "/dev"])

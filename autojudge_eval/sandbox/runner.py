@@ -9,10 +9,12 @@ on overrun; it is never the candidate's parent. See docs/sandbox.md.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
 import logging
+import marshal
 import os
 import secrets
 import shutil
@@ -94,6 +96,89 @@ def default_workers() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The per-program memory cgroup (root, where the memory controller is writable).
+
+
+@functools.lru_cache(maxsize=1)
+def _memory_cgroup_base() -> tuple[str, int] | None:
+    """(our memory cgroup's folder, cgroup version) when we may create children in it, else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            lines = [line.rstrip("\n").split(":", 2) for line in fh]
+    except OSError:
+        return None
+    for _hid, controllers, path in lines:
+        if "memory" in controllers.split(","):
+            found = ("/sys/fs/cgroup/memory" + path, 1)
+            break
+    else:
+        v2 = [path for hid, _, path in lines if hid == "0"]
+        found = ("/sys/fs/cgroup" + v2[0], 2) if v2 else None
+        if found and "memory" not in _read(os.path.join(found[0], "cgroup.controllers")).split():
+            found = None
+    if found is None:
+        return None
+    probe = os.path.join(found[0], f"autojudge-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as exc:
+        logger.info("no memory cgroup for the sandbox (%s); memory is bounded per process only", exc)
+        return None
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _make_cgroup(limit: int) -> dict | None:
+    """A fresh memory cgroup capped at ``limit`` bytes (swap included) for one program's workers."""
+    base = _memory_cgroup_base()
+    if base is None:
+        return None
+    folder, version = base
+    path = os.path.join(folder, f"autojudge-sbx-{secrets.token_hex(8)}")
+    try:
+        os.mkdir(path)
+        files = (
+            [("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit)]
+            if version == 1
+            else [("memory.max", limit), ("memory.swap.max", 0)]
+        )
+        for name, value in files:
+            if os.path.exists(os.path.join(path, name)):
+                with open(os.path.join(path, name), "w", encoding="utf-8") as fh:
+                    fh.write(str(value))
+    except OSError as exc:
+        logger.warning("cannot set up a memory cgroup at %s: %s", path, exc)
+        _remove_cgroup({"dir": path})
+        return None
+    events = "memory.oom_control" if version == 1 else "memory.events"
+    return {"dir": path, "procs": os.path.join(path, "cgroup.procs"), "events": os.path.join(path, events)}
+
+
+def _remove_cgroup(cgroup: dict | None) -> None:
+    if not cgroup:
+        return
+    for attempt in range(20):  # its last processes may take a moment to be reaped
+        try:
+            os.rmdir(cgroup["dir"])
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01 * (attempt + 1))
+    logger.warning("could not remove the sandbox cgroup %s", cgroup["dir"])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # One program: job file, launcher process, report.
 
 
@@ -103,6 +188,17 @@ def _check_tests(tests: tuple[TestCase, ...]) -> None:
     first = tests[0]
     if any((t.kind, t.func_name) != (first.kind, first.func_name) for t in tests):
         raise ConfigError("all tests of one program must share the same kind and func_name")
+    if first.kind is TestKind.CALL:
+        for number, test in enumerate(tests):
+            try:
+                json.loads(test.input)
+                spec = json.loads(test.expected)
+                if not isinstance(spec, dict) or "op" not in spec:
+                    raise ValueError("the expected value must be an object with an 'op'")
+            except ValueError as exc:
+                raise ConfigError(f"call test {number} is not encoded args / an assertion: {exc}") from exc
+    if first.kind in (TestKind.FUNCTIONAL, TestKind.CALL) and not first.func_name.isidentifier():
+        raise ConfigError(f"functional tests need a func_name that is an identifier, got {first.func_name!r}")
     if first.kind is TestKind.FUNCTIONAL:
         if not first.func_name.isidentifier():
             raise ConfigError(
@@ -114,6 +210,18 @@ def _check_tests(tests: tuple[TestCase, ...]) -> None:
                 json.loads(test.expected)
             except ValueError as exc:
                 raise ConfigError(f"functional test {number} is not JSON lines/JSON: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _runner_modules() -> tuple[tuple[str, str], ...]:
+    """common.py and child.py compiled once per evaluator process and marshalled (base64), so the sandbox's
+    runner neither compiles them nor needs to see the checkout."""
+    found = []
+    for name in ("common", "child"):
+        path = LAUNCHER_PATH.with_name(f"{name}.py")
+        code = compile(path.read_text(encoding="utf-8"), f"<sandbox {name}>", "exec")
+        found.append((f"autojudge_eval.sandbox.{name}", base64.b64encode(marshal.dumps(code)).decode()))
+    return tuple(found)
 
 
 def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: IsolationMode, workdir: str):
@@ -130,7 +238,9 @@ def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: Is
         "uid": 1_000_000_000 + secrets.randbelow(1_000_000_000) if root else None,  # unique per run
         "nest_userns": mode is IsolationMode.USER_NAMESPACE,
         "lockdown": mode is not IsolationMode.RLIMITS_ONLY,
-        "preamble": kind is not TestKind.SCRIPT,
+        "preamble": kind in (TestKind.STDIN, TestKind.FUNCTIONAL),
+        "cgroup": None,
+        "modules": _runner_modules(),
     }
 
 
@@ -165,7 +275,16 @@ def _launcher_argv(mode: IsolationMode, job_path: str) -> list[str]:
         raise SandboxError("sys.executable is empty; cannot start a Python launcher")
     if not LAUNCHER_PATH.is_file():
         raise SandboxError(f"the sandbox launcher is missing: expected {LAUNCHER_PATH}")
-    return [*_unshare_prefix(mode), sys.executable, "-s", "-c", _BOOTSTRAP, str(LAUNCHER_PATH), job_path]
+    return [
+        *_unshare_prefix(mode),
+        sys.executable,
+        "-s",
+        "-S",
+        "-c",
+        _BOOTSTRAP,
+        str(LAUNCHER_PATH),
+        job_path,
+    ]
 
 
 def _launch(job: dict, mode: IsolationMode, budget: float) -> _LaunchReport:
@@ -276,10 +395,30 @@ def run_program(
         )
     budget = min(limits.total_wall_seconds, 5.0 + len(tests) * (limits.wall_seconds + 1.0))
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="autojudge-sbx-", ignore_cleanup_errors=True) as workdir:
-        report = _launch(_job(code, tests, limits, mode, workdir), mode, budget)
-    outcomes, parts = _assemble(report, len(tests), budget)
+    for attempt in range(1 + INFRA_RETRIES):
+        outcomes, parts = _attempt(code, tests, limits, mode, budget)
+        if not any(o.verdict is Verdict.SANDBOX_ERROR for o in outcomes):
+            break
+        logger.warning("sandbox failure (attempt %d of %d): %s", attempt + 1, 1 + INFRA_RETRIES,
+                       next(o.detail for o in outcomes if o.verdict is Verdict.SANDBOX_ERROR))  # fmt: skip
+        time.sleep(0.2 * (attempt + 1))
     return ExecResult(outcomes, time.monotonic() - started, _isolation_label(mode, parts))
+
+
+INFRA_RETRIES = 2  # a real infrastructure failure is retried this often, then recorded as SANDBOX_ERROR
+
+
+def _attempt(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: IsolationMode,
+             budget: float) -> tuple[tuple[TestOutcome, ...], list[str]]:  # fmt: skip
+    cgroup = _make_cgroup(limits.address_space_bytes) if mode is not IsolationMode.RLIMITS_ONLY else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="autojudge-sbx-", ignore_cleanup_errors=True) as workdir:
+            job = _job(code, tests, limits, mode, workdir)
+            job["cgroup"] = cgroup
+            report = _launch(job, mode, budget)
+    finally:
+        _remove_cgroup(cgroup)
+    return _assemble(report, len(tests), budget)
 
 
 def _sandbox_failure(job: ProgramJob, exc: SandboxError) -> ExecResult:

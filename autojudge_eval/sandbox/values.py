@@ -23,13 +23,18 @@ __all__ = [
 
 class TestKind(str, enum.Enum):
     """STDIN: feed input, compare stdout. FUNCTIONAL: call ``Solution().<func_name>(*args)``, compare the
-    JSON value. SCRIPT: run the program as is; it passes when it finishes without an exception (HumanEval)."""
+    JSON value (LiveCodeBench). CALL: call the function ``<func_name>(*args)`` with tagged plain values
+    (``sandbox.common.encode_value``) and judge the returned value against one assertion converted from
+    HumanEval's ``check`` (``{"op", "value", "tol"}``). SCRIPT: run the program as is; it passes when it
+    finishes without an exception (HumanEval tests that could not be converted; code in the program's
+    own process can forge this pass, which the passing outcome's detail says)."""
 
     __test__ = False  # not a pytest class
 
     STDIN = "stdin"
     FUNCTIONAL = "functional"
     SCRIPT = "script"
+    CALL = "call"
 
 
 class IsolationMode(str, enum.Enum):

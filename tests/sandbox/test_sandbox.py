@@ -110,7 +110,10 @@ def test_kill_parent_leaves_the_evaluator_alive():
     expected = {Verdict.RUNTIME_ERROR} if OTHER_UID else {Verdict.RUNTIME_ERROR, Verdict.SANDBOX_ERROR}
     contain("kill_parent", "import os\nos.kill(os.getppid(), 9)\nprint(3)\n", expected)
     if OTHER_UID:  # with the same uid and no PID namespace, kill(-1) would hit the test runner itself
-        contain("kill_everything", "import os\nos.kill(-1, 9)\nprint(3)\n", {Verdict.RUNTIME_ERROR})
+        # kill(-1) reaches only the program's own processes (never its caller): the sandbox's runner and
+        # launcher run as another uid, so the program carries on and its answer is judged as usual.
+        result = run_program("import os\nos.kill(-1, 9)\nprint(3)\n", [TestCase("", "3")], FAST)
+        assert result.outcomes[0].verdict in {Verdict.PASSED, Verdict.RUNTIME_ERROR}, result.outcomes[0]
     assert run_program(ADD, [TestCase("1 2", "3")], FAST).passed
 
 
@@ -164,7 +167,7 @@ def test_environment_is_scrubbed(monkeypatch):
         f"s = {secret!r}\n"
         "env = [k for k, v in os.environ.items() if s in v]\n"
         "procs = []\n"
-        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc') if os.path.isdir('/proc') else []):\n"
         "    try:\n"
         "        procs += [pid] if s.encode() in open(f'/proc/{pid}/environ', 'rb').read() else []\n"
         "    except OSError:\n"
@@ -261,7 +264,9 @@ def test_outer_budget_bounds_a_program():
 def test_rlimits_only_mode_still_runs_programs():
     result = run_program(ADD, [TestCase("1 2", "3")], FAST, isolation=IsolationMode.RLIMITS_ONLY)
     assert result.passed
-    assert result.isolation in ("rlimits-only", "uid-drop+rlimits")
+    assert result.isolation in ("rlimits-only", "uid-drop+rlimits") or (
+        "rlimits" in result.isolation.split("+") and not result.isolated
+    )
 
 
 def test_bad_arguments_raise_config_error():
@@ -277,14 +282,15 @@ def test_bad_arguments_raise_config_error():
 
 
 def test_launcher_loads_only_the_standard_library_and_its_siblings():
-    """The launcher runs by path: no package __init__ (lm-eval), and this folder is not on sys.path."""
+    """The program runs in a fresh interpreter that loaded only our two runner modules (from source handed
+    over by the launcher): no package __init__ (lm-eval), no launcher, and no folder of ours on sys.path."""
     code = (
         "import sys\n"
         "print(*sorted(m for m in sys.modules if m.split('.')[0] in ('autojudge_eval', 'lm_eval', 'torch')))\n"
         "print(any(p.rstrip('/').endswith('autojudge_eval') for p in sys.path))\n"
     )
     output = run_program(code, [TestCase("", "-")], FAST).outcomes[0].output.split("\n")
-    siblings = ["child", "common", "mounts"]
+    siblings = ["child", "common"]
     expected = [
         "autojudge_eval",
         "autojudge_eval.sandbox",
