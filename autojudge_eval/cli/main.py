@@ -314,6 +314,7 @@ def cmd_bench(args) -> int:
     drafts = [d.strip() for d in (args.drafts or "").split(",") if d.strip()]
     if drafts and args.draft:
         raise ConfigError("pass --draft or --drafts, not both")
+    parse_model_spec(args.target)
     for d in drafts or ([args.draft] if args.draft else []):
         parse_model_spec(d, allow_self=True)
     if args.threshold is not None:
@@ -402,7 +403,8 @@ def format_bench(report: dict) -> str:
         f"pair {cfg['pair']}  window {cfg['window']}  {cfg['dtype']} on {cfg['device']} ({cfg['torch_threads']} threads)",
         *(
             f"{name} judge: {j['judge']} (threshold {j['threshold']:.4g})"
-            for name, j in cfg["judges"].items()
+            for name, j in (cfg.get("judges") or {"autojudge": cfg}).items()
+            if "judge" in j
         ),
     ]
     for key, label in (("physics", ""), ("physics_row_layout", " with the row layout")):

