@@ -100,6 +100,9 @@ def configure(mode: str | None, judge: str | None, threshold: float | None) -> t
         os.environ[plugin.JUDGE_ENV] = spec.value
         if threshold is not None:
             os.environ[plugin.THRESHOLD_ENV] = str(threshold)
+        # vLLM may have loaded its plugins in this process already (importing lm-eval's vLLM module does),
+        # before this environment was set; an engine process forked from here inherits that state.
+        plugin.register()
     return mode, spec.value if spec else None
 
 
@@ -164,6 +167,9 @@ def _backend_class():
             kwargs.setdefault("disable_log_stats", False)  # the speculative-decoding counters
             super().__init__(pretrained=resolve_pretrained(pretrained), dtype=dtype, **kwargs)
             self.speed: list[dict] = []
+            if os.environ.get("TQDM_DISABLE"):  # vLLM 0.32's bar divides by its elapsed time, 0 when disabled
+                generate = self.model.generate
+                self.model.generate = lambda *a, **k: generate(*a, **{**k, "use_tqdm": False})
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             before, start = _counters(self.model), time.perf_counter()
