@@ -8,7 +8,6 @@ holding ``gsm8k/train.jsonl`` and ``gsm8k/test.jsonl``; without it the tasks rea
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from datasets.exceptions import DatasetNotFoundError
 from datasets.packaged_modules.json.json import Json
 
 from autojudge_eval.errors import ConfigError, DataError
+from autojudge_eval.fileio import json_object
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,7 @@ def read_gsm8k_jsonl(file: Path) -> list[dict[str, str]]:
 
 
 def _parse_record(line: str, file: Path, line_no: int) -> dict[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file}, line {line_no}: not valid JSON ({err.msg})") from err
-    if not isinstance(record, dict):
-        raise DataError(f"{file}, line {line_no}: expected a JSON object, found {type(record).__name__}")
+    record = json_object(line, f"{file}, line {line_no}")
     for key in ("question", "answer"):
         if not isinstance(record.get(key), str):
             raise DataError(

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from autojudge_eval.benchmarks.gsm8k import answers_match
 from autojudge_eval.errors import ConfigError, DataError
+from autojudge_eval.fileio import json_object
 
 if TYPE_CHECKING:
     import datasets
@@ -209,12 +210,7 @@ def load_reference_samples(file: Path) -> dict[int, ReferenceDoc]:
 
 def _parse_sample(line: str, file: Path, line_no: int) -> tuple[int, tuple[str | None, str | None], str, str]:
     where = f"{file}, line {line_no}"
-    try:
-        sample = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-    if not isinstance(sample, dict):
-        raise DataError(f"{where}: expected a JSON object, found {type(sample).__name__}")
+    sample = json_object(line, where)
     doc_id, doc, filter_name = sample.get("doc_id"), sample.get("doc"), sample.get("filter")
     filtered = sample.get("filtered_resps")
     if not isinstance(doc_id, int) or not isinstance(filter_name, str):

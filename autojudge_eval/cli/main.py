@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from autojudge_eval.cli.options import HelpFormatter, threads_argument
+from autojudge_eval.cli.options import HelpFormatter, model_arguments
 from autojudge_eval.config import DEFAULT_THREADS
 from autojudge_eval.errors import AutojudgeError, ConfigError
 from autojudge_eval.provenance import command_line, now
@@ -198,15 +198,7 @@ def _cache_data(args) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
-    p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
-    if draft:
-        p.add_argument(
-            "--draft", default=None, help="draft spec; default: self:default for the default target"
-        )
-        p.add_argument("--draft-dtype", default=None, help="run the draft in another dtype (e.g. bfloat16)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
-    threads_argument(p)
+    model_arguments(p, draft=draft)
     p.add_argument(
         "--data",
         default=None,
@@ -314,14 +306,15 @@ def cmd_bench(args) -> int:
     drafts = [d.strip() for d in (args.drafts or "").split(",") if d.strip()]
     if drafts and args.draft:
         raise ConfigError("pass --draft or --drafts, not both")
-    parse_model_spec(args.target)
+    t_spec = parse_model_spec(args.target)
     for d in drafts or ([args.draft] if args.draft else []):
         parse_model_spec(d, allow_self=True)
     if args.threshold is not None:
         DecodeConfig(threshold=args.threshold)
-    for name in (args.judge or "gsm8k").split(","):
-        if name.strip():
-            check_judge_files(parse_judge_spec(name.strip()))
+    judge_names = [j.strip() for j in (args.judge or "gsm8k").split(",") if j.strip()]
+    judge_specs = {name: parse_judge_spec(name) for name in judge_names}
+    for spec in judge_specs.values():
+        check_judge_files(spec)
     rows = _gsm8k_rows("test", args.data, args.limit)
     from autojudge_eval.models.pair import load_pair, with_draft
     from autojudge_eval.sweeps.bench import Method, run_methods
@@ -335,12 +328,10 @@ def cmd_bench(args) -> int:
     )
     if pair.drafter is None:
         raise ConfigError("bench compares speculative methods with target-only: it needs a draft")
-    t_spec = parse_model_spec(args.target)
     pairs = [pair] + [
         with_draft(pair, d, t_spec, device=args.device, draft_dtype=args.draft_dtype) for d in drafts[1:]
     ]
     cfg = DecodeConfig(mode="lossless", window=args.window, max_new_tokens=args.max_new_tokens)
-    judge_names = [j.strip() for j in (args.judge or "gsm8k").split(",") if j.strip()]
     several = len(pairs) > 1 or len(judge_names) > 1
     methods = {"target": Method(None)}
     judges: dict[str, str] = {}
@@ -349,7 +340,7 @@ def cmd_bench(args) -> int:
         methods[f"lossless{at}"] = Method(p.drafter, ExactMatch(), p.draft_name)
         for name in judge_names:
             try:
-                judge = resolve_judge(parse_judge_spec(name), p)
+                judge = resolve_judge(judge_specs[name], p)
             except JudgeArtifactError as exc:
                 if args.judge:
                     if several:  # an explicit judge that does not fit this draft: skip it, say so

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from autojudge_eval.cli.options import threads_argument
+from autojudge_eval.cli.options import model_arguments
 from autojudge_eval.config import SHIPPED_TASKS
 from autojudge_eval.errors import ConfigError
 from autojudge_eval.provenance import command_line, now
@@ -20,11 +20,7 @@ DEFAULT_MAX_NEW = {"gsm8k": 400, "livecodebench": 768}
 
 
 def add_mine_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
-    p.add_argument("--draft", default=None, help="draft spec; default: self:default for the default target")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
-    threads_argument(p)
+    model_arguments(p, draft_dtype=False)
     p.add_argument(
         "--task",
         choices=SHIPPED_TASKS,

@@ -36,3 +36,20 @@ def threads_argument(p: argparse.ArgumentParser) -> None:
         help=f"torch CPU threads (default: $OMP_NUM_THREADS if set, else {DEFAULT_THREADS}; one thread "
         "decodes as fast as two on a quiet 2-core box and far faster under load)",
     )
+
+
+def model_arguments(p: argparse.ArgumentParser, *, draft: bool = True, draft_dtype: bool = True) -> None:
+    """``--target``, ``--draft`` (and ``--draft-dtype``), ``--device``, ``--dtype`` and ``--threads``: how every
+    command that loads a pair names it."""
+    p.add_argument("--target", default="default", help="'default', a hub id, a local folder or a .gguf file")
+    if draft:
+        p.add_argument(
+            "--draft", default=None, help="draft spec; default: self:default for the default target"
+        )
+        if draft_dtype:
+            p.add_argument(
+                "--draft-dtype", default=None, help="run the draft in another dtype (e.g. bfloat16)"
+            )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    threads_argument(p)
