@@ -287,9 +287,6 @@ class JudgeSpec:
         """P(important) of a stand-in, None for a trained judge."""
         return CONSTANT_JUDGES[self.value] if self.kind == "constant" else None
 
-    def __str__(self) -> str:
-        return self.value
-
 
 def parse_judge_spec(text: str | None, *, must_exist: bool = True) -> JudgeSpec | None:
     """``None``/``"none"`` -> None; a stand-in's name, a benchmark's name or a path -> :class:`JudgeSpec`.

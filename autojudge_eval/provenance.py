@@ -34,7 +34,7 @@ def stamp() -> str:
 def command_line(argv: list[str] | None = None, program: str = PROGRAM) -> str:
     """This process's command as a shell line, ``program`` in place of ``argv[0]`` (the entry script's path)."""
     args = sys.argv[1:] if argv is None else argv
-    return " ".join([program, *(shlex.quote(a) for a in args)])
+    return " ".join(shlex.quote(a) for a in [program, *args])
 
 
 def package_version(dist: str) -> str | None:
@@ -95,7 +95,7 @@ def environment(
 
     return {
         "date": now(),
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command or command_line(sys.argv[1:], program=sys.argv[0]),
         "git": git_commit(),
         "versions": versions(),
         "cpu": cpu_model(),
