@@ -27,13 +27,14 @@ import logging
 import os
 import threading
 
+from autojudge_eval.config import CONSTANT_JUDGES
+
 log = logging.getLogger(__name__)
 
 JUDGE_ENV = "AUTOJUDGE_VLLM_JUDGE"
 THRESHOLD_ENV = "AUTOJUDGE_VLLM_THRESHOLD"
 STATS_ENV = "AUTOJUDGE_VLLM_STATS"  # a file the engine process appends per-step judge counts to (optional)
 SUPPORTED_VERSIONS = ("0.32.",)
-CONSTANTS = {"accept-all": 0.0, "reject-all": 1.0}
 
 _state = threading.local()
 _installed: dict = {}
@@ -44,7 +45,7 @@ class JudgeRule:
 
     def __init__(self, spec: str, threshold: str | None) -> None:
         self.spec = spec
-        self.constant = CONSTANTS.get(spec)
+        self.constant = CONSTANT_JUDGES.get(spec)
         self.judge = None
         card_threshold = None
         if self.constant is None:
