@@ -56,7 +56,7 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
         "--rows",
         type=int,
         default=None,
-        help="problems in flight, their continuations batched (default: 16 for a self-draft, else 1)",
+        help="problems in flight, their continuations batched (default: 16 for a self-draft or ngram, else 1)",
     )
     p.add_argument("--out", default=None, help="output folder (default: mined/<task>/<pair>)")
     p.add_argument(
@@ -101,7 +101,7 @@ def mine_main(args) -> int:
         lookahead=0 if args.no_cache else args.lookahead,
         rows=1
         if args.no_cache
-        else args.rows or (16 if pair.drafter is not None and pair.drafter.reuses_target_states else 1),
+        else args.rows or (16 if _batches(pair.drafter) else 1),
     )
     if settings.rows < 1:
         raise ConfigError(f"--rows must be at least 1, not {settings.rows}")
@@ -145,6 +145,11 @@ def mine_main(args) -> int:
     if args.json:
         print(json.dumps(summary))
     return 1 if summary["failed"] else 0
+
+
+def _batches(drafter) -> bool:
+    """Whether the pair's drafter can mine in batched rows: it needs no draft pass of its own."""
+    return drafter is not None and drafter.kind in ("self", "lookup")
 
 
 def _load_source(args):

@@ -11,8 +11,8 @@ takes the row.
 Each problem's current text lives in its own batch-1 :class:`~autojudge_eval.engine.kv_cache.KVCache`; an alternative
 kept by the search is saved there from its row. Labels, features and records are those of
 :class:`~autojudge_eval.mining.search.Miner` (the same ``Walk``); only the execution differs (no old-text lookahead:
-the batch is the parallelism). Self-drafts only: their predictions come from the layer-L residuals captured
-in the same step.
+the batch is the parallelism). Drafts that need no pass of their own: a self-draft's predictions come from
+the layer-L residuals captured in the same step, a lookup drafter's from the text alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from autojudge_eval.engine.kv_cache import KVCache, RowCache
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import AutojudgeError, ConfigError
-from autojudge_eval.mining.rollout import Rollout, SelfDraftView, draft_view
+from autojudge_eval.mining.rollout import LookupDraftView, Rollout, SelfDraftView, draft_view
 from autojudge_eval.mining.walk import MinedProblem, MineSettings, Problem, Walk, stopper
 
 
@@ -40,9 +40,11 @@ class _Job:
     tick: float
     first: torch.Tensor | None = None  # (H,) target's normed hidden after reading seq[at]
     lows: list[torch.Tensor] = field(default_factory=list)  # (H,) layer-L residuals of the fed positions
+    fed: int = 0  # positions fed so far, from ``at`` (the lows, where the view captures them)
 
     def rollout(self) -> Rollout:
-        return Rollout(self.seq, self.at, self.first.unsqueeze(0), torch.stack(self.lows))
+        residuals = torch.stack(self.lows) if self.lows else None
+        return Rollout(self.seq, self.at, self.first.unsqueeze(0), residuals)
 
 
 @dataclass
@@ -65,9 +67,10 @@ class BatchMiner:
 
     def __init__(self, stack: LayerStack, drafter, eos_ids, settings: MineSettings, piece=None):
         self.view = draft_view(drafter)
-        if not isinstance(self.view, SelfDraftView):
+        if not isinstance(self.view, (SelfDraftView, LookupDraftView)):
             raise ConfigError(
-                "batched mining (--rows > 1) needs a self-draft (self:...); use --rows 1 for a separate draft model"
+                "batched mining (--rows > 1) needs a self-draft (self:...) or a lookup drafter (ngram); "
+                "use --rows 1 for a separate draft model"
             )
         self.stack = stack
         self.eos = frozenset(int(i) for i in eos_ids)
@@ -124,7 +127,8 @@ class BatchMiner:
             for row in active:
                 item = slots[row]
                 item.steps += 1
-                if not self._advance(item.job, item.stop, normed[row], low[row], best[row]):
+                row_low = None if low is None else low[row]
+                if not self._advance(item.job, item.stop, normed[row], row_low, best[row]):
                     continue
                 try:
                     finished = self._resolve(row, item)
@@ -144,11 +148,13 @@ class BatchMiner:
         self.cache.lengths = [0] * self.rows
 
     @staticmethod
-    def _advance(job: _Job, stop, normed: torch.Tensor, low: torch.Tensor, best: int) -> bool:
+    def _advance(job: _Job, stop, normed: torch.Tensor, low: torch.Tensor | None, best: int) -> bool:
         """Record one step of ``job``; True once its continuation is finished (as ``TargetRunner.rollout``)."""
         if job.first is None:
             job.first = normed.clone()
-        job.lows.append(low.clone())
+        job.fed += 1
+        if low is not None:
+            job.lows.append(low.clone())
         if stop(job.seq):
             return True
         job.seq.append(best)
@@ -158,7 +164,7 @@ class BatchMiner:
         """A job finished: update the search and queue the next job in this row, or return the result."""
         job, n_prompt = item.job, len(item.prompt)
         roll = job.rollout()
-        fed_end = job.at + len(job.lows)  # positions [0, fed_end) are in the row
+        fed_end = job.at + job.fed  # positions [0, fed_end) are in the row
         if job.j is None:  # the reference answer
             self.cache.save(row, item.base, job.at, fed_end)
             item.walk = Walk(

@@ -102,7 +102,7 @@ class Miner:
 
 
 def make_miner(stack: LayerStack, drafter, eos_ids, settings: MineSettings, piece=None):
-    """A :class:`Miner`, or with ``settings.rows > 1`` a batched one (self-drafts only)."""
+    """A :class:`Miner`, or with ``settings.rows > 1`` a batched one (self-drafts and lookup drafters)."""
     if settings.rows > 1:
         from autojudge_eval.mining.batch import BatchMiner
 
