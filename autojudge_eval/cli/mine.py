@@ -99,9 +99,7 @@ def mine_main(args) -> int:
         max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW[args.task],
         reuse_cache=not args.no_cache,
         lookahead=0 if args.no_cache else args.lookahead,
-        rows=1
-        if args.no_cache
-        else args.rows or (16 if _batches(pair.drafter) else 1),
+        rows=1 if args.no_cache else args.rows or (16 if _batches(pair.drafter) else 1),
     )
     if settings.rows < 1:
         raise ConfigError(f"--rows must be at least 1, not {settings.rows}")

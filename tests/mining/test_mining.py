@@ -162,9 +162,7 @@ def test_batched_mining_equals_the_sequential_search(kind, rows, target, drafter
     stops_on_7 = CallableOutcome(MOD3.fn, decided_fn=lambda gen: 7 in gen)
     count = 5 if kind == "self" else 16  # lookups on random prompts rarely disagree: more problems for labels
     problems = [Problem(f"p{i}", p, (MOD3, stops_on_7)[i % 2]) for i, p in enumerate(prompts(count))]
-    sequential = {
-        p.id: Miner(target, drafters[kind], [EOS], MineSettings(MAX_NEW)).mine(p) for p in problems
-    }
+    sequential = {p.id: Miner(target, drafters[kind], [EOS], MineSettings(MAX_NEW)).mine(p) for p in problems}
     batched = BatchMiner(target, drafters[kind], [EOS], MineSettings(MAX_NEW, rows=rows))
     got = dict((problem.id, result) for problem, result in batched.mine_many(problems))
     assert sorted(got) == sorted(sequential)
