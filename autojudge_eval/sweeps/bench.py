@@ -145,7 +145,8 @@ def run_methods(
     runners: dict[str, Callable] = {name: (lambda p, m=m: generate(p, m)) for name, m in methods.items()}
     if with_hf:
         runners["hf_generate"] = lambda p: hf_generate(pair, p, cfg.max_new_tokens)
-    for run in runners.values():  # warm-up, not counted
+    # warm-up, not counted: one short generation per method (a bar, so the untimed minutes show)
+    for run in tqdm(runners.values(), desc="warm-up (not timed)", unit="method"):
         run(prompts[0][0][:16])
     totals = {name: MethodRun() for name in runners}
     for prompt, gold in tqdm(prompts, desc="bench", unit="prompt"):

@@ -162,3 +162,26 @@ def test_bench_refuses_an_explicit_dd_judge_for_ngram_alone(tiny_pair_dirs, data
     args = ["bench", "--target", str(target), "--draft", "ngram", "--judge", str(tmp_path / "j")]
     assert main([*args, "--data", str(data_dir / "gsm8k"), "--limit", "1", "--no-hf"]) == 2
     assert "proposes none" in capsys.readouterr().err
+
+
+def test_bench_shows_its_untimed_warm_up(tiny_pair_dirs, data_dir, monkeypatch, capsys):
+    """The warm-up generations run before the timed bar: a bar of their own says so while they run."""
+    from autojudge_eval.sweeps import bench
+
+    target, draft = tiny_pair_dirs
+    bars: list[tuple[str, int]] = []
+    real = bench.tqdm
+
+    def recording(iterable, desc="", **kw):
+        items = list(iterable)
+        for i, item in enumerate(real(items, desc=desc, **kw)):
+            bars.append((desc, i))
+            yield item
+
+    monkeypatch.setattr(bench, "tqdm", recording)
+    args = ["bench", "--target", str(target), "--draft", str(draft), "--data", str(data_dir / "gsm8k")]
+    assert main([*args, "--limit", "2", "--max-new-tokens", "6", "--threads", "1", "--json"]) == 0
+    warm = [i for desc, i in bars if desc.startswith("warm-up")]
+    assert warm == list(range(4))  # target, lossless, autojudge, hf_generate
+    assert [desc for desc, _ in bars][: len(warm)] == ["warm-up (not timed)"] * len(warm)
+    assert [i for desc, i in bars if desc == "bench"] == [0, 1]
