@@ -1,13 +1,13 @@
-"""The runner: a fresh interpreter that forks one worker per test, and the worker that runs the program.
+"""The launcher's test loop (``serve``), and the worker it forks for each test, which runs the program.
 
-The launcher (``sandbox.launcher``) holds the job, expected outputs included, and judges. It starts this
-module in a new interpreter (``exec``, never a fork of itself), handing over only the program, the test
-inputs and the limits (``runner_main``). The runner never sees an expected output. For each "run i"
-command it forks a worker (``_worker``) that sets rlimits, joins the memory cgroup, drops privileges,
-installs the seccomp filter and runs the program; the runner watches it with its own clock (the window is
-fixed when the test starts; nothing the program does extends it), kills what is left of its tree, and
-reports what the program produced: stdout, stderr, exit status, CPU time and the worker's events. Those
-events are data for the launcher to judge, never a verdict. Standard library only (see ``sandbox.common``).
+The launcher (``sandbox.launcher``) is a fresh interpreter that gets the program, the test inputs and the
+limits, never an expected output: the evaluator keeps those and judges (``sandbox.judge``). For each
+"run i" command ``serve`` forks a worker (``_worker``) that sets rlimits, joins the memory cgroup, drops
+privileges, installs the seccomp filter and runs the program; the launcher watches it with its own clock
+(the window is fixed when the test starts; nothing the program does extends it), kills what is left of its
+tree, and reports what the program produced: stdout, stderr, exit status, CPU time and the worker's
+events. Those events are data for the evaluator to judge, never a verdict. Standard library only (see
+``sandbox.common``).
 """
 
 from __future__ import annotations
@@ -40,46 +40,38 @@ from autojudge_eval.sandbox.common import (
     write_all,
 )
 
-__all__ = ["EVENT_FD", "PREAMBLE", "PREAMBLE_MODULES", "TestTimeout", "runner_main", "seccomp_program"]
+__all__ = ["EVENT_FD", "PREAMBLE", "PREAMBLE_MODULES", "TestTimeout", "seccomp_program", "serve"]
 
-CMD_FD, REPORT_FD, CGROUP_FD = 3, 4, 5  # the runner's descriptors, set up by the launcher
 EVENT_FD, GO_FD, SETUP_FD = 1000, 1001, 1002  # a worker's descriptors (SETUP_FD closes before the program)
-_GRACE = 0.25  # seconds past the per-test wall limit before the runner kills a worker
+_GRACE = 0.25  # seconds past the per-test wall limit before the launcher kills a worker
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The runner (trusted: no program code ever runs in this process).
+# The launcher's side (trusted: no program code ever runs in this process).
 
 
-def runner_main(job: dict) -> None:
-    """Serve "run i" commands from the launcher until it closes the command pipe."""
-    _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem or fd for same-uid processes
-    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
-    os.environ.update(HOME=job["workdir"], TMPDIR=job["workdir"])
+def serve(job: dict, commands, report_fd: int) -> None:
+    """Answer "run i" commands (JSON lines on ``commands``, each with its test's input: only the tests that
+    run are sent) with reports on ``report_fd``, until the evaluator closes the command pipe."""
     preamble = None
     if job["preamble"]:  # import once here: every worker starts warm
         for module in (*PREAMBLE_MODULES, "typing"):
             __import__(module)
         preamble = compile(PREAMBLE, "<preamble>", "exec")
-    _report({"runner": "ready"})
     state: dict = {"worker": None}
-    commands = os.fdopen(CMD_FD, "r", encoding="utf-8")
-    for line in commands:  # each command carries its test's input: only the tests that run are sent
+    for line in commands:
         command = json.loads(line)
         index, raw_input = command["run"], command["input"]
         if job["kind"] in CALL_KINDS:
-            _report(_call(job, index, raw_input, preamble, state))
+            report = _call(job, index, raw_input, preamble, state)
         else:
-            _report(_single(job, index, raw_input, preamble))
+            report = _single(job, index, raw_input, preamble)
+        write_all(report_fd, (json.dumps(report) + "\n").encode())
     if state["worker"] is not None:
         _finish(job, state["worker"])
-
-
-def _report(record: dict) -> None:
-    write_all(REPORT_FD, (json.dumps(record) + "\n").encode())
 
 
 def _streams(job: dict, readers: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -128,7 +120,10 @@ def _finish(job: dict, handle: dict) -> tuple[int, float]:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     uid = job["uid"]
-    if uid is not None:  # also catches processes that escaped the group with setsid()
+    if os.getpid() == 1:  # pid 1 of the sandbox's PID namespace: every other process here is the program's
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)  # also catches processes that escaped the group with setsid()
+    elif uid is not None:  # no PID namespace: kill what runs as the throwaway uid, from a forked helper
         helper = os.fork()
         if helper == 0:
             try:
@@ -212,7 +207,7 @@ def _ended(job: dict, state: dict, index: int, bufs: dict, reason: str, started:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The worker: a fork of the runner. Setup first (its failures are the sandbox's), then the program.
+# The worker: a fork of the launcher. Setup first (its failures are the sandbox's), then the program.
 
 
 def _worker(
@@ -247,7 +242,7 @@ def _prepare(job: dict, first: int, stdin_fd: int, writers: dict[str, int]) -> l
         os.dup2(fd, target)
     layers = []
     if job.get("cgroup_fd") is not None:  # join the per-program memory cgroup, then forget the handle
-        os.write(CGROUP_FD, b"0")
+        os.write(job["cgroup_fd"], b"0")
         layers.append("memcg")
     os.closerange(3, EVENT_FD)
     os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX"))
@@ -266,7 +261,7 @@ def _prepare(job: dict, first: int, stdin_fd: int, writers: dict[str, int]) -> l
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
     _drop_privileges(job)
     _LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the runner
+    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
     os.umask(0o077)
     program = seccomp_program()
     if program is None:
@@ -363,9 +358,9 @@ def _event(record: dict) -> None:
 
 def _describe(exc: BaseException) -> dict:
     try:
-        import traceback  # imported by the worker that needs it, not by every runner
+        import traceback  # imported by the worker that needs it, not by every launcher
 
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the runner's own frame
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the worker's own frame
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:  # a hostile __str__ must not stop the report
         text = type(exc).__name__
