@@ -142,6 +142,38 @@ def _finish(job: dict, handle: dict) -> tuple[int, float]:
     return status, usage.ru_utime + usage.ru_stime
 
 
+_EVENT_NAMES = ("ready", "value", "raised", "exit", "finished", "compile_error", "setup_error")
+_EVENT_FIELDS = ("i", "event", "type", "detail", "code", "json")
+_KEPT_EVENTS = 64  # from each end of the stream
+
+
+def program_events(data: bytes) -> list[dict]:
+    """The worker's events (the program can write that pipe too) as flat records the evaluator can read
+    whatever was written: known event names, known fields with a str/int/bool/None value, and only the
+    first and last 64 event lines. A flood of lines, or a line nested thousands deep, costs nothing here."""
+    spans, pos = [], 0
+    while len(spans) < _KEPT_EVENTS and (hit := data.find(b'"event"', pos)) >= 0:
+        end = data.find(b"\n", hit)
+        end = len(data) if end < 0 else end
+        spans.append((data.rfind(b"\n", 0, hit) + 1, end))
+        pos = end
+    tail, pos = [], len(data)
+    while (
+        len(tail) < _KEPT_EVENTS and (hit := data.rfind(b'"event"', spans[-1][1] if spans else 0, pos)) >= 0
+    ):
+        start = data.rfind(b"\n", 0, hit) + 1
+        end = data.find(b"\n", hit)
+        tail.append((start, len(data) if end < 0 else end))
+        pos = start
+    events = []
+    for start, end in spans + tail[::-1]:
+        for event in parse_events(data[start:end]):
+            if event.get("event") in _EVENT_NAMES:
+                fields = {key: event[key] for key in _EVENT_FIELDS if key in event}
+                events.append({k: v for k, v in fields.items() if v is None or type(v) in (str, int, bool)})
+    return events
+
+
 def _texts(bufs: dict[str, bytearray]) -> dict:
     return {name: bufs[name].decode("utf-8", "replace") for name in ("out", "err")}
 
@@ -155,7 +187,7 @@ def _single(job: dict, index: int, raw_input: str, preamble: CodeType | None) ->
         return {"i": index, "infra": str(exc)}
     bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), job["limits"]["wall_seconds"])
     status, cpu = _finish(job, handle)
-    events = parse_events(bytes(bufs["ev"]))
+    events = program_events(bytes(bufs["ev"]))
     return {"i": index, "reason": reason, "status": status, "cpu": cpu, **_texts(bufs), "events": events,
             "elapsed": time.monotonic() - started, "setup": handle["setup"]}  # fmt: skip
 
@@ -191,7 +223,7 @@ def _call(job: dict, index: int, raw_input: str, preamble: CodeType | None, stat
     bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), wall + _GRACE, on_event=on_result)
     elapsed = time.monotonic() - started
     if reason == "stopped":
-        events = [e for e in parse_events(bytes(bufs["ev"])) if e.get("i") == index][:1]
+        events = [e for e in program_events(bytes(bufs["ev"])) if e.get("i") == index][:1]
         return {"i": index, "reason": reason, "events": events, "elapsed": elapsed, "ready": True,
                 "setup": handle["setup"]}  # fmt: skip
     return _ended(job, state, index, bufs, reason, started, ready=True)
@@ -202,7 +234,7 @@ def _ended(job: dict, state: dict, index: int, bufs: dict, reason: str, started:
     state["worker"] = None
     status, cpu = _finish(job, handle)
     return {"i": index, "reason": reason, "status": status, "cpu": cpu, "err": _texts(bufs)["err"],
-            "events": parse_events(bytes(bufs["ev"])), "elapsed": time.monotonic() - started,
+            "events": program_events(bytes(bufs["ev"])), "elapsed": time.monotonic() - started,
             "ready": ready, "setup": handle["setup"]}  # fmt: skip
 
 
@@ -231,7 +263,7 @@ def _worker(
         status = runner(job, first, preamble)
     finally:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):  # the program may have replaced them
                 stream.flush()
         os._exit(status)
 

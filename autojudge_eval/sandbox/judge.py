@@ -52,9 +52,11 @@ def judge_report(judging: Judging, index: int, report: dict, oom_killed: bool) -
 
 
 def outcome(verdict: Verdict, detail: str, output: str = "", elapsed: float = 0.0) -> TestOutcome:
+    """One test's outcome, bounded. A detail can quote the program's own event text, so lone surrogates
+    (valid in JSON, not in UTF-8) become "?": results files written as UTF-8 stay writable."""
     digest = hashlib.sha256(output.encode("utf-8", "surrogatepass")).hexdigest()
-    return TestOutcome(verdict, bounded(detail, DETAIL_CHARS), bounded(output, OUTPUT_CHARS), digest,
-                       round(float(elapsed), 4))  # fmt: skip
+    detail = bounded(detail, DETAIL_CHARS).encode("utf-8", "replace").decode("utf-8")
+    return TestOutcome(verdict, detail, bounded(output, OUTPUT_CHARS), digest, round(float(elapsed), 4))
 
 
 def _judge_single(judging: Judging, index: int, report: dict, oom: bool) -> list[TestOutcome]:

@@ -264,7 +264,7 @@ def _judge(judging: Judging, index: int, report: dict, oom: bool) -> list[TestOu
     """``judge_report``, where an unreadable report (its fields are partly the program's) fails the test."""
     try:
         return judge_report(judging, index, report, oom)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+    except Exception as exc:  # a bug here must not crash the evaluator, nor read as the sandbox's fault
         logger.warning("sandbox: a report could not be judged (%s: %s)", type(exc).__name__, exc)
         return [outcome(Verdict.RUNTIME_ERROR, f"the program's report could not be judged: {exc}")]
 

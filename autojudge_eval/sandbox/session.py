@@ -125,7 +125,7 @@ class Launcher:
         del self.out[: end + 1]
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ENDED
         return record if isinstance(record, dict) else ENDED
 
