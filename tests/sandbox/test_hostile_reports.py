@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from autojudge_eval.sandbox import SandboxLimits, TestCase, TestKind, Verdict, run_program
-from autojudge_eval.sandbox.child import program_events
+from autojudge_eval.sandbox.launcher import program_events
 
 FAST = SandboxLimits(cpu_seconds=1.0, wall_seconds=1.0, total_wall_seconds=20.0, fail_fast=False)
 SECRET = f"secret-{uuid.uuid4().hex}"
