@@ -6,11 +6,13 @@ Import everything from here; the code lives in these modules (see docs/sandbox.m
 
 - ``sandbox.values``: typed tests, limits, isolation modes and results.
 - ``sandbox.runner``: isolation probing, ``run_program`` and ``run_many`` (the evaluator side, which starts
-  one launcher process per program and never runs candidate code).
+  one launcher process per program, judges its reports and never runs candidate code).
+- ``sandbox.session`` and ``sandbox.judge``: the evaluator's conversation with a launcher, and judging.
 - ``sandbox.cache``: ``behaviour_signature``, ``same_behaviour``, ``digest_tests``, ``CachedExecutor``.
 - ``sandbox.common``: ``Verdict``, ``compare_stdout`` and the pipe watch, shared by both sides.
-- ``sandbox.launcher`` (run by path), ``sandbox.mounts`` and ``sandbox.child``: the launcher process, its
-  file-system lockdown and the forked child that runs the program. Standard library only.
+- ``sandbox.launcher``, ``sandbox.mounts`` and ``sandbox.child``: the launcher process (a fresh interpreter
+  that never sees an expected output), its minimal root, and the forked worker that runs the program.
+  Standard library only.
 """
 
 from __future__ import annotations

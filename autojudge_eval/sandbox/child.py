@@ -1,13 +1,11 @@
-"""The runner: a fresh interpreter that forks one worker per test, and the worker that runs the program.
+"""The worker the launcher forks for each test (``worker_main``): its setup, then the program.
 
-The launcher (``sandbox.launcher``) holds the job, expected outputs included, and judges. It starts this
-module in a new interpreter (``exec``, never a fork of itself), handing over only the program, the test
-inputs and the limits (``runner_main``). The runner never sees an expected output. For each "run i"
-command it forks a worker (``_worker``) that sets rlimits, joins the memory cgroup, drops privileges,
-installs the seccomp filter and runs the program; the runner watches it with its own clock (the window is
-fixed when the test starts; nothing the program does extends it), kills what is left of its tree, and
-reports what the program produced: stdout, stderr, exit status, CPU time and the worker's events. Those
-events are data for the launcher to judge, never a verdict. Standard library only (see ``sandbox.common``).
+The launcher (``sandbox.launcher``) is a fresh interpreter that gets the program, the test inputs and the
+limits, never an expected output: the evaluator keeps those and judges (``sandbox.judge``). A worker sets
+rlimits, joins the memory cgroup, drops privileges, installs the seccomp filter (built here by hand),
+closes its setup pipe and runs the program, writing events (``ready``, ``value``, ``raised``, ``exit``,
+``finished``) that are data for the evaluator, never a verdict. Standard library only (see
+``sandbox.common``).
 """
 
 from __future__ import annotations
@@ -22,200 +20,32 @@ import resource
 import signal
 import struct
 import sys
-import time
 from types import CodeType, FrameType
 
 from autojudge_eval.sandbox.common import (
     CALL_KINDS,
     DETAIL_CHARS,
     OUTPUT_CHARS,
-    PREAMBLE,
-    PREAMBLE_MODULES,
     TestTimeout,
     ValueTooComplex,
     decode_value,
     encode_value,
-    parse_events,
-    watch,
     write_all,
 )
 
-__all__ = ["EVENT_FD", "PREAMBLE", "PREAMBLE_MODULES", "TestTimeout", "runner_main", "seccomp_program"]
+__all__ = ["EVENT_FD", "GO_FD", "SETUP_FD", "TestTimeout", "seccomp_program", "worker_main"]
 
-CMD_FD, REPORT_FD, CGROUP_FD = 3, 4, 5  # the runner's descriptors, set up by the launcher
 EVENT_FD, GO_FD, SETUP_FD = 1000, 1001, 1002  # a worker's descriptors (SETUP_FD closes before the program)
-_GRACE = 0.25  # seconds past the per-test wall limit before the runner kills a worker
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The runner (trusted: no program code ever runs in this process).
+# The worker: a fork of the launcher. Setup first (its failures are the sandbox's), then the program.
 
 
-def runner_main(job: dict) -> None:
-    """Serve "run i" commands from the launcher until it closes the command pipe."""
-    _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem or fd for same-uid processes
-    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
-    os.environ.update(HOME=job["workdir"], TMPDIR=job["workdir"])
-    preamble = None
-    if job["preamble"]:  # import once here: every worker starts warm
-        for module in (*PREAMBLE_MODULES, "typing"):
-            __import__(module)
-        preamble = compile(PREAMBLE, "<preamble>", "exec")
-    _report({"runner": "ready"})
-    state: dict = {"worker": None}
-    commands = os.fdopen(CMD_FD, "r", encoding="utf-8")
-    for line in commands:  # each command carries its test's input: only the tests that run are sent
-        command = json.loads(line)
-        index, raw_input = command["run"], command["input"]
-        if job["kind"] in CALL_KINDS:
-            _report(_call(job, index, raw_input, preamble, state))
-        else:
-            _report(_single(job, index, raw_input, preamble))
-    if state["worker"] is not None:
-        _finish(job, state["worker"])
-
-
-def _report(record: dict) -> None:
-    write_all(REPORT_FD, (json.dumps(record) + "\n").encode())
-
-
-def _streams(job: dict, readers: dict[str, int]) -> dict[str, tuple[int, int]]:
-    limits = job["limits"]
-    caps = {"out": limits["max_stdout_bytes"], "err": limits["max_stderr_bytes"]}
-    caps["ev"] = limits["max_stdout_bytes"]
-    return {name: (readers[name], caps[name]) for name in ("out", "err", "ev")}
-
-
-def _spawn(job: dict, first: int, preamble: CodeType | None, stdin_text: str) -> dict:
-    """Fork a worker; returns its handle, or raises OSError when its setup failed (an infrastructure fault:
-    no program code has run yet)."""
-    stdin_fd = os.memfd_create("stdin")
-    write_all(stdin_fd, stdin_text.encode())
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
-    pipes = {name: os.pipe() for name in ("out", "err", "ev", "setup")}
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        writers = {name: w for name, (_, w) in pipes.items()}
-        _worker(job, first, preamble, stdin_fd, writers, go_r)
-    os.close(stdin_fd)
-    os.close(go_r)
-    for _, writer in pipes.values():
-        os.close(writer)
-    with contextlib.suppress(OSError):
-        os.setpgid(pid, pid)
-    readers = {name: r for name, (r, _) in pipes.items()}
-    setup = b""
-    while chunk := os.read(readers["setup"], 65536):  # closed by the worker before the program starts
-        setup += chunk
-    os.close(readers.pop("setup"))
-    handle = {"pid": pid, "readers": readers, "go": go_w, "ready": False, "setup": {}}
-    status = parse_events(setup)
-    if not status or "error" in status[0]:
-        _finish(job, handle)
-        detail = status[0]["error"] if status else "the worker ended before finishing its setup"
-        raise OSError(f"worker setup failed: {detail}")
-    handle["setup"] = status[0]
-    return handle
-
-
-def _finish(job: dict, handle: dict) -> tuple[int, float]:
-    """Kill whatever is left of a worker's tree, reap it, close its pipes; (status, CPU seconds)."""
-    pid = handle["pid"]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    uid = job["uid"]
-    if uid is not None:  # also catches processes that escaped the group with setsid()
-        helper = os.fork()
-        if helper == 0:
-            try:
-                os.setresuid(uid, uid, uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(helper, 0)
-    _, status, usage = os.wait4(pid, 0)
-    for fd in (*handle["readers"].values(), handle["go"]):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    with contextlib.suppress(ChildProcessError):  # reap killed orphans: zombies count against RLIMIT_NPROC
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            continue
-    return status, usage.ru_utime + usage.ru_stime
-
-
-def _texts(bufs: dict[str, bytearray]) -> dict:
-    return {name: bufs[name].decode("utf-8", "replace") for name in ("out", "err")}
-
-
-def _single(job: dict, index: int, raw_input: str, preamble: CodeType | None) -> dict:
-    """One worker runs the whole program on one test (stdin or script kinds)."""
-    started = time.monotonic()
-    try:
-        handle = _spawn(job, index, preamble, raw_input if job["kind"] == "stdin" else "")
-    except OSError as exc:
-        return {"i": index, "infra": str(exc)}
-    bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), job["limits"]["wall_seconds"])
-    status, cpu = _finish(job, handle)
-    events = parse_events(bytes(bufs["ev"]))
-    return {"i": index, "reason": reason, "status": status, "cpu": cpu, **_texts(bufs), "events": events,
-            "elapsed": time.monotonic() - started, "setup": handle["setup"]}  # fmt: skip
-
-
-def _call(job: dict, index: int, raw_input: str, preamble: CodeType | None, state: dict) -> dict:
-    """One call of a functional worker, started if needed (and restarted after a crash)."""
-    wall = job["limits"]["wall_seconds"]
-    handle = state["worker"]
-    if handle is None:
-        try:
-            handle = state["worker"] = _spawn(job, index, preamble, "")
-        except OSError as exc:
-            return {"i": index, "infra": str(exc)}
-        started = time.monotonic()
-
-        def on_ready(event: dict) -> bool:
-            handle["ready"] = event.get("event") == "ready"
-            return event.get("event") not in ("ready", "compile_error", "setup_error")
-
-        bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), wall, on_event=on_ready)
-        if not handle["ready"]:  # it never got to its first call: report how it ended
-            return _ended(job, state, index, bufs, reason, started, ready=False)
-    started = time.monotonic()
-    try:
-        write_all(handle["go"], (json.dumps({"i": index, "input": raw_input}) + "\n").encode())
-    except OSError:
-        bufs = {name: bytearray() for name in ("out", "err", "ev")}
-        return _ended(job, state, index, bufs, "exited", started, ready=True)
-
-    def on_result(event: dict) -> bool:
-        return event.get("i") != index
-
-    bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), wall + _GRACE, on_event=on_result)
-    elapsed = time.monotonic() - started
-    if reason == "stopped":
-        events = [e for e in parse_events(bytes(bufs["ev"])) if e.get("i") == index][:1]
-        return {"i": index, "reason": reason, "events": events, "elapsed": elapsed, "ready": True,
-                "setup": handle["setup"]}  # fmt: skip
-    return _ended(job, state, index, bufs, reason, started, ready=True)
-
-
-def _ended(job: dict, state: dict, index: int, bufs: dict, reason: str, started: float, *, ready: bool):
-    handle = state.pop("worker")
-    state["worker"] = None
-    status, cpu = _finish(job, handle)
-    return {"i": index, "reason": reason, "status": status, "cpu": cpu, "err": _texts(bufs)["err"],
-            "events": parse_events(bytes(bufs["ev"])), "elapsed": time.monotonic() - started,
-            "ready": ready, "setup": handle["setup"]}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The worker: a fork of the runner. Setup first (its failures are the sandbox's), then the program.
-
-
-def _worker(
+def worker_main(
     job: dict, first: int, preamble: CodeType | None, stdin_fd: int, writers: dict[str, int], go_r: int
 ) -> None:
     """Set up, run the program on tests ``first``.. and ``_exit``; never returns."""
@@ -236,7 +66,7 @@ def _worker(
         status = runner(job, first, preamble)
     finally:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):  # the program may have replaced them
                 stream.flush()
         os._exit(status)
 
@@ -247,7 +77,7 @@ def _prepare(job: dict, first: int, stdin_fd: int, writers: dict[str, int]) -> l
         os.dup2(fd, target)
     layers = []
     if job.get("cgroup_fd") is not None:  # join the per-program memory cgroup, then forget the handle
-        os.write(CGROUP_FD, b"0")
+        os.write(job["cgroup_fd"], b"0")
         layers.append("memcg")
     os.closerange(3, EVENT_FD)
     os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX"))
@@ -266,7 +96,7 @@ def _prepare(job: dict, first: int, stdin_fd: int, writers: dict[str, int]) -> l
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
     _drop_privileges(job)
     _LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the runner
+    _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the launcher
     os.umask(0o077)
     program = seccomp_program()
     if program is None:
@@ -363,9 +193,9 @@ def _event(record: dict) -> None:
 
 def _describe(exc: BaseException) -> dict:
     try:
-        import traceback  # imported by the worker that needs it, not by every runner
+        import traceback  # imported by the worker that needs it, not by every launcher
 
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the runner's own frame
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop the worker's own frame
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:  # a hostile __str__ must not stop the report
         text = type(exc).__name__

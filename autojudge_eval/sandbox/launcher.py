@@ -1,150 +1,88 @@
-"""The sandbox launcher: a script the evaluator runs by path, as its own process in its own session.
+"""The sandbox launcher: a fresh interpreter, pid 1 of the sandbox's namespaces, that runs the tests.
 
-The evaluator starts ``python -s -c <bootstrap> <this file> <job.json>`` (``sandbox.runner._launcher_argv``),
-as pid 1 of new namespaces where ``unshare`` works. ``main`` reads and deletes the job, pivots into the
-minimal root (``sandbox.mounts``), then starts the runner (``sandbox.child``) as a fresh interpreter that
-gets the program and the inputs but never the expected outputs. For each test it asks the runner to run
-it, judges the report here (the runner's reports are data: the program's own events can fail a test but
-never pass it, and never make it look like the sandbox's fault) and prints one JSON line per test. It
-never runs candidate code itself and is not dumpable. Standard library only: the siblings are imported
-through a bare ``autojudge_eval`` package, so ``autojudge_eval/__init__`` (which loads lm-eval) never
-runs here, and this folder is never on ``sys.path``.
+The evaluator (``sandbox.runner``) starts ``python -s -S -c <bootstrap>`` through ``unshare`` in its own
+session. The bootstrap reads one JSON line from stdin: this module and its siblings (``common``,
+``mounts``, ``child``, compiled and marshalled by the evaluator, so no file of the checkout is read here)
+and the job: the program, its kind and limits, never an expected output. ``main`` pivots into the
+minimal root (``sandbox.mounts``), reports which layers applied, then answers each "run i" command (which
+carries test i's input) by forking a worker that runs the program (``sandbox.child``) and reporting what
+it did. The evaluator judges those reports; nothing here knows whether a test passed. The launcher never
+runs candidate code itself, is not dumpable, and the workers fork from it: walking ``sys._getframe()`` or
+``gc.get_objects()`` there finds the program and the inputs sent so far, nothing else.
+Standard library only (see ``sandbox.common``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
-import select
 import signal
-import sys
 import time
-import types
+from types import CodeType
 
-
-def _bare_package() -> None:
-    """Make ``autojudge_eval.sandbox.<sibling>`` importable without running any package ``__init__``: the
-    evaluator side (``sandbox/__init__``, ``runner``, ``cache``) has no business in the sandboxed process."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name, path in (("autojudge_eval", os.path.dirname(here)), ("autojudge_eval.sandbox", here)):
-        if name not in sys.modules:
-            package = types.ModuleType(name)
-            package.__path__ = [path]
-            sys.modules[name] = package
-
-
-_bare_package()
-
-from autojudge_eval.sandbox import mounts as sandbox_mounts  # noqa: E402
-from autojudge_eval.sandbox.common import (  # noqa: E402
+from autojudge_eval.sandbox import child as sandbox_child
+from autojudge_eval.sandbox import mounts as sandbox_mounts
+from autojudge_eval.sandbox.common import (
     CALL_KINDS,
-    DETAIL_CHARS,
-    OUTPUT_CHARS,
+    PREAMBLE,
     PREAMBLE_MODULES,
-    TestTimeout,
-    Verdict,
-    bounded,
-    compare_stdout,
-    compare_value,
-    judge_call,
     parse_events,
-    stripped_lines,
+    watch,
     write_all,
 )
 
-_MEMORY_HINTS = ("MemoryError", "Cannot allocate memory", "out of memory", "bad_alloc")
+__all__ = ["main", "program_events", "serve"]
+
 _LIBC = ctypes.CDLL(None, use_errno=True)
-try:  # the built-in sha256: loading OpenSSL through hashlib costs more than the hashing here
-    from _sha256 import sha256 as _sha256
-except ImportError:  # pragma: no cover - builds without the built-in module
-    from hashlib import sha256 as _sha256
-# The runner's interpreter: ``-s -S`` (no site-packages, the standard library only), and this bootstrap,
-# which imports the preamble's modules, then reads the two modules it needs (common, child, compiled and
-# marshalled by the evaluator) and its job from fd 6, so nothing of the checkout is visible inside.
-_RUNNER_BOOTSTRAP = (
-    "import json, os, sys, types\n"
-    "sys.path[:] = [p for p in sys.path if p]\n"
-    "for name in sys.argv[1:]:\n"  # the preamble's modules, imported while the launcher sets up
-    "    __import__(name)\n"
-    "data = bytearray()\n"
-    "while chunk := os.read(6, 1 << 20):\n"
-    "    data += chunk\n"
-    "os.close(6)\n"
-    "boot = json.loads(data)\n"
-    "del data\n"
-    "for name in ('autojudge_eval', 'autojudge_eval.sandbox'):\n"
-    "    sys.modules[name] = types.ModuleType(name)\n"
-    "    sys.modules[name].__path__ = []\n"
-    "import binascii, marshal\n"
-    "for name, code in boot['modules']:\n"
-    "    module = sys.modules[name] = types.ModuleType(name)\n"
-    "    exec(marshal.loads(binascii.a2b_base64(code)), module.__dict__)\n"
-    "sys.modules['autojudge_eval.sandbox.child'].runner_main(boot['job'])\n"
-)
+_GRACE = 0.25  # seconds past the per-test wall limit before the launcher kills a worker
 
 
-def main(job_path: str) -> None:
-    sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-    os.umask(0o022)
-    with open(job_path, encoding="utf-8") as fh:
-        job = json.load(fh)
-    os.unlink(job_path)  # nothing below the launcher ever sees the job (nor the expected outputs)
-    _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no process of the same uid can read our memory
-    modules = job.pop("modules")  # compiled by the evaluator, run by the runner
-    cgroup = _open_cgroup(job)
-    _LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us
-    # Start the runner's interpreter now, so it imports while we build the minimal root; pivot_root moves
-    # its root and working directory too, and it gets the program only after that.
-    runner = _Runner(job, cgroup, os.path.realpath(sys.executable))
-    parts, warnings, workdir = _isolate(job)
-    _emit({"isolation": ["exec-runner", *parts], "warnings": warnings})
-    runner.boot(job, modules, workdir)
-    layers: list[str] = []
+def main(job: dict, commands) -> None:
+    """Set up, serve the evaluator's commands (a binary file of JSON lines) until it closes them, and
+    ``_exit`` (no interpreter teardown: the evaluator is waiting). A failure before the first report ends
+    the launcher with its traceback on stderr, which the evaluator records as SANDBOX_ERROR."""
+    status = 0
     try:
-        _judge_all(job, runner, cgroup, layers)
+        _LIBC.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no process of the same uid can read our memory
+        _LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us (pid 1 anyway in a pidns)
+        os.umask(0o022)
+        job["cgroup_fd"] = _open_cgroup(job)
+        parts, warnings, workdir = _isolate(job)
+        job["workdir"] = workdir
+        os.environ.update(HOME=workdir, TMPDIR=workdir)
+        _emit({"isolation": parts, "warnings": warnings})
+        serve(job, commands, 1)
+    except BaseException:
+        status = 1
+        import traceback  # only on failure
+
+        write_all(2, traceback.format_exc().encode("utf-8", "replace"))
     finally:
-        runner.close()
-    if cgroup["procs"] is not None:
-        parts.append("memcg" if "memcg" in layers else "memcg-unused")
-    elif job.get("cgroup"):
-        parts.append("memcg-unavailable")
-    parts += [layer for layer in layers if layer.startswith("seccomp")][:1]
-    _emit({"isolation": ["exec-runner", *parts], "warnings": []})
-    _emit({"done": True})
+        os._exit(status)
 
 
 def _emit(record: dict) -> None:
     write_all(1, (json.dumps(record) + "\n").encode())
 
 
-def _open_cgroup(job: dict) -> dict:
-    """Handles on the per-program memory cgroup the evaluator made (None where there is none)."""
-    found = {"procs": None, "events": None, "oom": 0}
+def _open_cgroup(job: dict) -> int | None:
+    """A handle on the per-program memory cgroup's ``cgroup.procs`` (None where there is none): each
+    worker writes itself into it, then closes it."""
     spec = job.get("cgroup")
-    if spec:
-        try:
-            found["procs"] = os.open(spec["procs"], os.O_WRONLY | os.O_CLOEXEC)
-            found["events"] = os.open(spec["events"], os.O_RDONLY | os.O_CLOEXEC)
-            found["oom"] = _oom_kills(found)
-        except OSError:
-            found = {"procs": None, "events": None, "oom": 0}
-    return found
-
-
-def _oom_kills(cgroup: dict) -> int:
-    if cgroup["events"] is None:
-        return 0
-    text = os.pread(cgroup["events"], 4096, 0).decode()
-    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill "))
+    if not spec:
+        return None
+    try:
+        return os.open(spec["procs"], os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _isolate(job: dict) -> tuple[list[str], list[str], str]:
     """Pivot into the minimal root (namespace modes; else the older read-only lockdown); report what applied
     and the working directory the program gets."""
-    parts, warnings, workdir = [], [], job["workdir"]
+    parts, warnings, workdir = ["exec-runner"], [], job["workdir"]
     if job["lockdown"]:
         owner = job["uid"] or 0
         try:
@@ -159,246 +97,196 @@ def _isolate(job: dict) -> tuple[list[str], list[str], str]:
         os.chown(job["workdir"], job["uid"], job["uid"])
     if job["uid"] is not None:
         parts.append("uid-drop")
-    return [*parts, "rlimits"], warnings, workdir
+    parts.append("rlimits")
+    if job.get("cgroup") and job["cgroup_fd"] is None:
+        parts.append("memcg-unavailable")
+    return parts, warnings, workdir
 
 
-class _Runner:
-    """The runner process (``sandbox.child.runner_main``), a fresh interpreter that gets the program, the
-    inputs and the limits, never the expected outputs, and answers "run i" with what the program did."""
+# ---------------------------------------------------------------------------------------------------------
+# The test loop (trusted: no program code ever runs in this process).
 
-    def __init__(self, job: dict, cgroup: dict, python: str) -> None:
-        self.inputs, self.has_cgroup = job["inputs"], cgroup["procs"] is not None
-        boot, self.boot_w = os.pipe()
-        cmd_r, self.cmd = os.pipe()
-        self.reports, rep_w = os.pipe()
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-        env.update(PYTHONDONTWRITEBYTECODE="1")
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                moves = [(cmd_r, 3), (rep_w, 4), (cgroup["procs"], 5), (boot, 6)]
-                high = [(None if fd is None else fcntl.fcntl(fd, fcntl.F_DUPFD, 100), to) for fd, to in moves]
-                for fd, target in high:  # via fresh numbers, so no source is overwritten before it moves
-                    if fd is not None:
-                        os.dup2(fd, target)
-                os.closerange(7, os.sysconf("SC_OPEN_MAX"))
-                os.chdir("/")
-                preload = [*PREAMBLE_MODULES, "typing"] if job["preamble"] else []
-                os.execve(python, [python, "-s", "-S", "-c", _RUNNER_BOOTSTRAP, *preload], env)
-            except BaseException as exc:
-                with contextlib.suppress(BaseException):
-                    write_all(2, f"sandbox: cannot start the runner: {exc!r}\n".encode())
-            finally:
-                os._exit(127)
-        for fd in (cmd_r, rep_w, boot):
-            os.close(fd)
-        self.buffer = b""
 
-    def boot(self, job: dict, modules: list, workdir: str) -> None:
-        """Hand the runner its modules and its job (no expected outputs), and wait until it is ready."""
-        keys = ("code", "kind", "func_name", "limits", "uid", "nest_userns", "preamble")
-        inner = {key: job[key] for key in keys}
-        inner.update(n_tests=len(job["inputs"]), workdir=workdir, cgroup_fd=5 if self.has_cgroup else None)
-        with contextlib.suppress(OSError):
-            write_all(self.boot_w, json.dumps({"modules": modules, "job": inner}).encode())
-        os.close(self.boot_w)
-        self.ready = self._read(30.0) == {"runner": "ready"}
-        if not self.ready:
-            with contextlib.suppress(ChildProcessError):
-                write_all(2, f"sandbox: the runner ended with status {os.waitpid(self.pid, 0)[1]}\n".encode())
+def serve(job: dict, commands, report_fd: int) -> None:
+    """Answer "run i" commands (JSON lines on ``commands``, each with its test's input: only the tests that
+    run are sent) with reports on ``report_fd``, until the evaluator closes the command pipe."""
+    preamble = None
+    if job["preamble"]:  # import once here: every worker starts warm
+        for module in (*PREAMBLE_MODULES, "typing"):
+            __import__(module)
+        preamble = compile(PREAMBLE, "<preamble>", "exec")
+    state: dict = {"worker": None}
+    for line in commands:
+        command = json.loads(line)
+        index, raw_input = command["run"], command["input"]
+        if job["kind"] in CALL_KINDS:
+            report = _call(job, index, raw_input, preamble, state)
+        else:
+            report = _single(job, index, raw_input, preamble)
+        write_all(report_fd, (json.dumps(report) + "\n").encode())
+    if state["worker"] is not None:
+        _finish(job, state["worker"])
 
-    def _read(self, timeout: float) -> dict | None:
-        """The runner's next report, or None when it ended (or said nothing for ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.reports], [], [], remaining)[0]:
-                return None
-            chunk = os.read(self.reports, 1 << 20)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        events = parse_events(line)
-        return events[0] if events else None
 
-    def run(self, index: int, timeout: float) -> dict | None:
-        try:
-            command = {"run": index, "input": self.inputs[index]}
-            write_all(self.cmd, (json.dumps(command) + "\n").encode())
-        except OSError:
-            return None
-        return self._read(timeout)
+def _streams(job: dict, readers: dict[str, int]) -> dict[str, tuple[int, int]]:
+    limits = job["limits"]
+    caps = {"out": limits["max_stdout_bytes"], "err": limits["max_stderr_bytes"]}
+    caps["ev"] = limits["max_stdout_bytes"]
+    return {name: (readers[name], caps[name]) for name in ("out", "err", "ev")}
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.cmd)
+
+def _spawn(job: dict, first: int, preamble: CodeType | None, stdin_text: str) -> dict:
+    """Fork a worker; returns its handle, or raises OSError when its setup failed (an infrastructure fault:
+    no program code has run yet)."""
+    stdin_fd = os.memfd_create("stdin")
+    write_all(stdin_fd, stdin_text.encode())
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    pipes = {name: os.pipe() for name in ("out", "err", "ev", "setup")}
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        writers = {name: w for name, (_, w) in pipes.items()}
+        sandbox_child.worker_main(job, first, preamble, stdin_fd, writers, go_r)
+    os.close(stdin_fd)
+    os.close(go_r)
+    for _, writer in pipes.values():
+        os.close(writer)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    readers = {name: r for name, (r, _) in pipes.items()}
+    setup = b""
+    while chunk := os.read(readers["setup"], 65536):  # closed by the worker before the program starts
+        setup += chunk
+    os.close(readers.pop("setup"))
+    handle = {"pid": pid, "readers": readers, "go": go_w, "ready": False, "setup": {}}
+    status = parse_events(setup)
+    if not status or "error" in status[0]:
+        _finish(job, handle)
+        detail = status[0]["error"] if status else "the worker ended before finishing its setup"
+        raise OSError(f"worker setup failed: {detail}")
+    handle["setup"] = status[0]
+    return handle
+
+
+def _finish(job: dict, handle: dict) -> tuple[int, float]:
+    """Kill whatever is left of a worker's tree, reap it, close its pipes; (status, CPU seconds)."""
+    pid = handle["pid"]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    uid = job["uid"]
+    if os.getpid() == 1:  # pid 1 of the sandbox's PID namespace: every other process here is the program's
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        os.close(self.reports)
+            os.kill(-1, signal.SIGKILL)  # also catches processes that escaped the group with setsid()
+    elif uid is not None:  # no PID namespace: kill what runs as the throwaway uid, from a forked helper
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
+    _, status, usage = os.wait4(pid, 0)
+    for fd in (*handle["readers"].values(), handle["go"]):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(ChildProcessError):  # reap killed orphans: zombies count against RLIMIT_NPROC
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            continue
+    return status, usage.ru_utime + usage.ru_stime
 
 
-def _judge_all(job: dict, runner: _Runner, cgroup: dict, layers: list[str]) -> None:
-    """Ask the runner for each test in turn and judge its report here, against the expected outputs."""
-    limits, total = job["limits"], len(job["inputs"])
-    if not runner.ready:
-        for i in range(total):
-            _emit(_outcome(i, Verdict.SANDBOX_ERROR, "the sandbox's runner process did not start", "", 0.0))
-        return
-    calls = job["kind"] in CALL_KINDS
-    index = 0
-    while index < total:
-        # The runner's own watch ends each test; this bound only catches a runner that stopped answering.
-        report = runner.run(index, 2 * limits["wall_seconds"] + 30.0)
-        if report is None or report.get("i") != index:  # the runner died after a program ran: its doing
-            outcomes = [_outcome(index, Verdict.RUNTIME_ERROR, "the sandbox's runner ended during this test",
-                                 "", 0.0)]  # fmt: skip
-        elif report.get("infra"):
-            detail = f"the sandbox could not start the program: {report['infra']}"
-            outcomes = [_outcome(i, Verdict.SANDBOX_ERROR, detail, "", 0.0) for i in range(index, total)]
-        else:
-            layers[:] = report.get("setup", {}).get("layers", layers)
-            judge = _judge_call if calls else _judge_single
-            outcomes = judge(job, index, report, cgroup)
-        for outcome in outcomes:
-            _emit(outcome)
-        index += len(outcomes)
-        failed = any(o["verdict"] != Verdict.PASSED.value for o in outcomes)
-        if report is None or (limits["fail_fast"] and failed):
-            break
+_EVENT_NAMES = ("ready", "value", "raised", "exit", "finished", "compile_error", "setup_error")
+_EVENT_FIELDS = ("i", "event", "type", "detail", "code", "json")
+_KEPT_EVENTS = 64  # from each end of the stream
 
 
-def _judge_single(job: dict, index: int, report: dict, cgroup: dict) -> list[dict]:
-    """A stdin/script test: how the program ended, then its stdout against the expected output."""
-    stdout, stderr = report["out"], report["err"]
-    verdict, detail = _program_verdict(job, report, cgroup)
-    if verdict is None:
-        verdict, detail = _completed_verdict(job, index, stdout, report)
-    output = "\n".join(stripped_lines(stdout)) if job["kind"] == "stdin" else ""
-    elapsed = report["elapsed"]
-    if verdict is Verdict.COMPILE_ERROR:  # every other test would end the same way
-        return [_outcome(i, verdict, detail, "", elapsed) for i in range(index, len(job["inputs"]))]
-    del stderr
-    return [_outcome(index, verdict, detail, output, elapsed)]
+def program_events(data: bytes) -> list[dict]:
+    """The worker's events (the program can write that pipe too) as flat records the evaluator can read
+    whatever was written: known event names, known fields with a str/int/bool/None value, and only the
+    first and last 64 event lines. A flood of lines, or a line nested thousands deep, costs nothing here."""
+    spans, pos = [], 0
+    while len(spans) < _KEPT_EVENTS and (hit := data.find(b'"event"', pos)) >= 0:
+        end = data.find(b"\n", hit)
+        end = len(data) if end < 0 else end
+        spans.append((data.rfind(b"\n", 0, hit) + 1, end))
+        pos = end
+    tail, pos = [], len(data)
+    while (
+        len(tail) < _KEPT_EVENTS and (hit := data.rfind(b'"event"', spans[-1][1] if spans else 0, pos)) >= 0
+    ):
+        start = data.rfind(b"\n", 0, hit) + 1
+        end = data.find(b"\n", hit)
+        tail.append((start, len(data) if end < 0 else end))
+        pos = start
+    events = []
+    for start, end in spans + tail[::-1]:
+        for event in parse_events(data[start:end]):
+            if event.get("event") in _EVENT_NAMES:
+                fields = {key: event[key] for key in _EVENT_FIELDS if key in event}
+                events.append({k: v for k, v in fields.items() if v is None or type(v) in (str, int, bool)})
+    return events
 
 
-def _judge_call(job: dict, index: int, report: dict, cgroup: dict) -> list[dict]:
-    """A functional (LiveCodeBench) or call (HumanEval) test: the returned value, compared here."""
-    wall, elapsed = job["limits"]["wall_seconds"], report["elapsed"]
-    events = report.get("events", [])
-    if report["reason"] == "stopped" and events and events[0].get("i") == index:
-        event = events[0]
-        if elapsed > wall + 0.1:  # the parent's clock, whatever the program did to its own timer
-            verdict, detail, output = Verdict.TIMEOUT, f"the call took {elapsed:.2f} s (limit {wall} s)", ""
-        elif event.get("event") == "value" and isinstance(event.get("json"), str):
-            compare = judge_call if job["kind"] == "call" else compare_value
-            ok, detail, output = compare(event["json"], job["expected"][index])
-            verdict = Verdict.PASSED if ok else Verdict.WRONG_ANSWER
-        else:
-            (verdict, detail), output = _event_verdict(job["kind"], event), ""
-        return [_outcome(index, verdict, detail, output, elapsed)]
-    verdict, detail = _death_verdict(job, report, cgroup)
-    if not report.get("ready"):  # it never got to its first call: every call would end the same way
-        named = [e for e in events if e.get("event") in ("compile_error", "setup_error")]
-        if named and verdict in (None, Verdict.RUNTIME_ERROR):
-            verdict, detail = _event_verdict(job["kind"], named[0])
-        if verdict is None:
-            verdict, detail = Verdict.RUNTIME_ERROR, "the program exited before its first call"
-        return [_outcome(i, verdict, detail, "", elapsed) for i in range(index, len(job["inputs"]))]
-    if verdict is None:
-        verdict, detail = Verdict.RUNTIME_ERROR, "the program exited before returning"
-    return [_outcome(index, verdict, detail, "", elapsed)]
+def _texts(bufs: dict[str, bytearray]) -> dict:
+    return {name: bufs[name].decode("utf-8", "replace") for name in ("out", "err")}
 
 
-def _event_verdict(kind: str, event: dict) -> tuple[Verdict, str]:
-    """Verdict for an event that reports a failure. Events are the program's to write: none of them can
-    make a test pass or look like the sandbox's fault (a "sandbox_error" from inside is a runtime error)."""
-    name, exc_type = event.get("event"), str(event.get("type", ""))
-    detail = bounded(str(event.get("detail", "")), DETAIL_CHARS)
-    if name == "compile_error":
-        return Verdict.COMPILE_ERROR, detail
-    if exc_type == TestTimeout.__name__:
-        return Verdict.TIMEOUT, "the call exceeded the per-test wall-clock limit"
-    if exc_type == "MemoryError":
-        return Verdict.MEMORY_LIMIT, detail
-    if exc_type == "OutputLimit":
-        return Verdict.OUTPUT_LIMIT, detail
-    if exc_type == "AssertionError" and kind == "script":
-        return Verdict.WRONG_ANSWER, detail
-    if name == "exit":
-        return Verdict.RUNTIME_ERROR, f"the program called exit({event.get('code')!r}) before finishing"
-    return Verdict.RUNTIME_ERROR, detail or f"the program reported {str(name)[:50]!r}"
+def _single(job: dict, index: int, raw_input: str, preamble: CodeType | None) -> dict:
+    """One worker runs the whole program on one test (stdin or script kinds)."""
+    started = time.monotonic()
+    try:
+        handle = _spawn(job, index, preamble, raw_input if job["kind"] == "stdin" else "")
+    except OSError as exc:
+        return {"i": index, "infra": str(exc)}
+    bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), job["limits"]["wall_seconds"])
+    status, cpu = _finish(job, handle)
+    events = program_events(bytes(bufs["ev"]))
+    return {"i": index, "reason": reason, "status": status, "cpu": cpu, **_texts(bufs), "events": events,
+            "elapsed": time.monotonic() - started, "setup": handle["setup"]}  # fmt: skip
 
 
-def _program_verdict(job: dict, report: dict, cgroup: dict) -> tuple[Verdict | None, str]:
-    """Verdict of a stdin/script run from how it ended, or (None, "") when it ended normally (exit status
-    0). A failure event counts only as a failure; a success needs the real exit status 0 as well."""
-    if report["reason"] != "exited":
-        return _death_verdict(job, report, cgroup)
-    death = _death_verdict(job, report, cgroup)
-    events = report["events"]
-    failures = [e for e in events if e.get("event") in ("compile_error", "raised", "setup_error")]
-    failures += [e for e in events if e.get("event") == "exit" and e.get("code") != 0]
-    if failures and (death[0] is None or death[0] is Verdict.RUNTIME_ERROR):
-        return _event_verdict(job["kind"], failures[0])
-    if death[0] is not None:
-        return death
-    if job["kind"] == "script" and not any(e.get("event") == "finished" for e in events):
-        if any(e.get("event") == "exit" for e in events):
-            return Verdict.RUNTIME_ERROR, "the program called exit(0) before its checks finished"
-        return Verdict.RUNTIME_ERROR, "the program exited (status 0) before its checks finished"
-    return None, ""
+def _call(job: dict, index: int, raw_input: str, preamble: CodeType | None, state: dict) -> dict:
+    """One call of a functional worker, started if needed (and restarted after a crash)."""
+    wall = job["limits"]["wall_seconds"]
+    handle = state["worker"]
+    if handle is None:
+        try:
+            handle = state["worker"] = _spawn(job, index, preamble, "")
+        except OSError as exc:
+            return {"i": index, "infra": str(exc)}
+        started = time.monotonic()
+
+        def on_ready(event: dict) -> bool:
+            handle["ready"] = event.get("event") == "ready"
+            return event.get("event") not in ("ready", "compile_error", "setup_error")
+
+        bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), wall, on_event=on_ready)
+        if not handle["ready"]:  # it never got to its first call: report how it ended
+            return _ended(job, state, index, bufs, reason, started, ready=False)
+    started = time.monotonic()
+    try:
+        write_all(handle["go"], (json.dumps({"i": index, "input": raw_input}) + "\n").encode())
+    except OSError:
+        bufs = {name: bytearray() for name in ("out", "err", "ev")}
+        return _ended(job, state, index, bufs, "exited", started, ready=True)
+
+    def on_result(event: dict) -> bool:
+        return event.get("i") != index
+
+    bufs, reason = watch(handle["pid"], _streams(job, handle["readers"]), wall + _GRACE, on_event=on_result)
+    elapsed = time.monotonic() - started
+    if reason == "stopped":
+        events = [e for e in program_events(bytes(bufs["ev"])) if e.get("i") == index][:1]
+        return {"i": index, "reason": reason, "events": events, "elapsed": elapsed, "ready": True,
+                "setup": handle["setup"]}  # fmt: skip
+    return _ended(job, state, index, bufs, reason, started, ready=True)
 
 
-def _death_verdict(job: dict, report: dict, cgroup: dict) -> tuple[Verdict | None, str]:
-    limits, reason = job["limits"], report["reason"]
-    status, cpu, stderr = report["status"], report.get("cpu", 0.0), report.get("err", "")
-    if reason == "timeout":
-        return Verdict.TIMEOUT, f"wall-clock limit of {limits['wall_seconds']} s per test exceeded"
-    if reason.startswith("overflow:"):
-        stream = {"out": "stdout", "err": "stderr", "ev": "result stream"}[reason.split(":")[1]]
-        return Verdict.OUTPUT_LIMIT, f"{stream} exceeded its cap and the program was killed"
-    if status is None:
-        return None, ""
-    oom_before, cgroup["oom"] = cgroup["oom"], _oom_kills(cgroup)
-    memory = cgroup["oom"] > oom_before or any(hint in stderr for hint in _MEMORY_HINTS)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits["cpu_seconds"]):
-            return Verdict.TIMEOUT, f"CPU limit of {limits['cpu_seconds']} s exceeded ({cpu:.2f} s used)"
-        if sig == signal.SIGXFSZ:
-            return Verdict.OUTPUT_LIMIT, "file size limit exceeded"
-        name = signal.Signals(sig).name
-        if cgroup["oom"] > oom_before:
-            return Verdict.MEMORY_LIMIT, f"killed by {name}: the program's memory cgroup ran out"
-        return (
-            Verdict.MEMORY_LIMIT if memory else Verdict.RUNTIME_ERROR
-        ), f"killed by {name}: {stderr[-300:]}"
-    code = os.WEXITSTATUS(status)
-    if code == 0:
-        return None, ""
-    return (Verdict.MEMORY_LIMIT if memory else Verdict.RUNTIME_ERROR), f"exit status {code}: {stderr[-300:]}"
-
-
-def _completed_verdict(job: dict, index: int, stdout: str, report: dict) -> tuple[Verdict, str]:
-    if job["kind"] == "script":
-        return Verdict.PASSED, (
-            "passed an in-process check(candidate): this test could not be converted, and code in the "
-            "program's own process could forge this pass"
-        )
-    ok, detail = compare_stdout(stdout, job["expected"][index])
-    return (Verdict.PASSED if ok else Verdict.WRONG_ANSWER), detail
-
-
-def _outcome(index: int, verdict: Verdict, detail: str, output: str, elapsed: float) -> dict:
-    digest = _sha256(output.encode("utf-8", "surrogatepass")).hexdigest()
-    detail, output = bounded(detail, DETAIL_CHARS), bounded(output, OUTPUT_CHARS)
-    return {"i": index, "verdict": verdict.value, "detail": detail, "output": output, "sha": digest,
-            "elapsed": round(elapsed, 4)}  # fmt: skip
-
-
-if __name__ == "__main__":
-    main(sys.argv[-1])
+def _ended(job: dict, state: dict, index: int, bufs: dict, reason: str, started: float, *, ready: bool):
+    handle = state.pop("worker")
+    state["worker"] = None
+    status, cpu = _finish(job, handle)
+    return {"i": index, "reason": reason, "status": status, "cpu": cpu, "err": _texts(bufs)["err"],
+            "events": program_events(bytes(bufs["ev"])), "elapsed": time.monotonic() - started,
+            "ready": ready, "setup": handle["setup"]}  # fmt: skip

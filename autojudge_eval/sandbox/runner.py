@@ -1,35 +1,34 @@
-"""The evaluator side of the sandbox: isolation probing, and ``run_program`` / ``run_many``, which start a
-launcher per program and turn its report into per-test outcomes.
+"""The evaluator side of the sandbox: isolation probing, and ``run_program`` / ``run_many``, which start
+a launcher per program, ask it to run each test and judge its reports here.
 
-Import these names from ``autojudge_eval.sandbox``. How one run works: the evaluator writes a job file into a
-fresh temporary directory and starts ``sandbox/launcher.py`` by path in its own session, inside new
-namespaces where ``unshare`` works. It enforces an outer wall budget and kills the launcher's whole session
-on overrun; it is never the candidate's parent. See docs/sandbox.md.
+Import these names from ``autojudge_eval.sandbox``. How one run works: the evaluator makes a memory cgroup
+and a fresh temporary directory, starts the launcher (``sandbox.session``) in its own session, inside new
+namespaces where ``unshare`` works, and hands it the program without any expected output. Then it sends
+"run i" with test i's input, reads what the program did and judges it (``sandbox.judge``), test after
+test, until the tests end or one fails (``fail_fast``). An outer wall budget bounds the whole
+conversation; the launcher's session is killed at the end. See docs/sandbox.md.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import functools
 import json
 import logging
-import marshal
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 from autojudge_eval.errors import ConfigError, SandboxError
-from autojudge_eval.sandbox.common import DETAIL_CHARS, OUTPUT_CHARS, Verdict, bounded, parse_events, watch
+from autojudge_eval.sandbox.common import DETAIL_CHARS, Verdict, bounded
+from autojudge_eval.sandbox.judge import Judging, judge_report, outcome
+from autojudge_eval.sandbox.session import ENDED, TIMEOUT, Launcher, launcher_modules, unshare_prefix
 from autojudge_eval.sandbox.values import (
     DEFAULT_LIMITS,
     ExecResult,
@@ -43,33 +42,13 @@ from autojudge_eval.sandbox.values import (
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER_PATH = Path(__file__).with_name("launcher.py")
-# `python -c` keeps this folder off sys.path (a script run by path would put it first, where a module of
-# ours could shadow the standard library); runpy runs the launcher file as __main__.
-_BOOTSTRAP = (
-    "import runpy, sys; sys.path[:] = [p for p in sys.path if p]; "
-    "runpy.run_path(sys.argv[1], run_name='__main__')"
-)
-_UNSHARE_FLAGS = ("--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Isolation modes.
 
 
-def _unshare_prefix(mode: IsolationMode) -> tuple[str, ...]:
-    exe = shutil.which("unshare")
-    if mode is IsolationMode.RLIMITS_ONLY:
-        return ()
-    if exe is None:
-        raise SandboxError(f"isolation {mode.value} needs util-linux 'unshare' on PATH; it was not found")
-    user = ("--user", "--map-root-user") if mode is IsolationMode.USER_NAMESPACE else ()
-    return (exe, *user, *_UNSHARE_FLAGS, "--")
-
-
 def _mode_works(mode: IsolationMode) -> bool:
     try:
-        argv = [*_unshare_prefix(mode), "true"]
+        argv = [*unshare_prefix(mode), "true"]
         return subprocess.run(argv, capture_output=True, timeout=20, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired, SandboxError) as exc:
         logger.debug("isolation probe %s failed: %s", mode.value, exc)
@@ -212,27 +191,16 @@ def _check_tests(tests: tuple[TestCase, ...]) -> None:
                 raise ConfigError(f"functional test {number} is not JSON lines/JSON: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=1)
-def _runner_modules() -> tuple[tuple[str, str], ...]:
-    """common.py and child.py compiled once per evaluator process and marshalled (base64), so the sandbox's
-    runner neither compiles them nor needs to see the checkout."""
-    found = []
-    for name in ("common", "child"):
-        path = LAUNCHER_PATH.with_name(f"{name}.py")
-        code = compile(path.read_text(encoding="utf-8"), f"<sandbox {name}>", "exec")
-        found.append((f"autojudge_eval.sandbox.{name}", base64.b64encode(marshal.dumps(code)).decode()))
-    return tuple(found)
-
-
 def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: IsolationMode, workdir: str):
+    """What the launcher gets: the program, its kind and limits; never an expected output (and the inputs
+    only one test at a time, with the command to run it)."""
     root = os.geteuid() == 0
     kind = tests[0].kind
     return {
         "code": code,
         "kind": kind.value,
         "func_name": tests[0].func_name,
-        "inputs": [t.input for t in tests],
-        "expected": [t.expected for t in tests],
+        "n_tests": len(tests),
         "limits": asdict(limits),
         "workdir": workdir,
         "uid": 1_000_000_000 + secrets.randbelow(1_000_000_000) if root else None,  # unique per run
@@ -240,7 +208,6 @@ def _job(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: Is
         "lockdown": mode is not IsolationMode.RLIMITS_ONLY,
         "preamble": kind in (TestKind.STDIN, TestKind.FUNCTIONAL),
         "cgroup": None,
-        "modules": _runner_modules(),
     }
 
 
@@ -252,105 +219,83 @@ def _sandbox_env(workdir: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class _LaunchReport:
-    records: list[dict]
-    reason: str
-    returncode: int
-    stderr: str
+def _report_cap(limits: SandboxLimits) -> int:
+    """Bound on one report's JSON line: stdout, stderr and events, each escaped at most 6 bytes a byte."""
+    return 65536 + 6 * (2 * limits.max_stdout_bytes + limits.max_stderr_bytes)
 
 
-def _kill_launcher(proc: subprocess.Popen, uid: int | None, mode: IsolationMode) -> None:
-    """Kill the launcher's session (never our own); without a PID namespace, also every process of its uid."""
-    if proc.pid != os.getpgrp():  # start_new_session made the launcher its own group leader
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+def _converse(
+    launcher: Launcher, job: dict, tests: tuple[TestCase, ...], cgroup: dict | None
+) -> tuple[list[TestOutcome], list[str], str]:
+    """Hand the launcher its job, then run and judge test 0, 1, ...; (outcomes so far, isolation layers,
+    why it stopped: "done", "failed", TIMEOUT or ENDED)."""
+    if launcher.send({"modules": launcher_modules(), "job": job}) is None:
+        first = launcher.read()
+    else:
+        first = ENDED
+    if not isinstance(first, dict) or "isolation" not in first:
+        return [], [], first if isinstance(first, str) else ENDED
+    parts = [str(part) for part in first["isolation"]]
+    for warning in first.get("warnings", []):
+        _warn_once(f"sandbox isolation incomplete: {warning}")
+    limits = SandboxLimits(**job["limits"])
+    judging = Judging(job["kind"], limits, tuple(t.expected for t in tests))
+    outcomes: list[TestOutcome] = []
+    layers: list[str] = []
+    while len(outcomes) < len(tests):
+        index, oom_before = len(outcomes), _oom_kills(cgroup)
+        sent = launcher.send({"run": index, "input": tests[index].input})
+        report = launcher.read() if sent is None else sent
+        if report == TIMEOUT:
+            return outcomes, parts + layers, TIMEOUT
+        if not isinstance(report, dict) or report.get("i") != index:  # it ended after a program ran
+            outcomes.append(outcome(Verdict.RUNTIME_ERROR, "the sandbox's launcher ended during this test"))
+            return outcomes, parts + layers, "failed"
+        if isinstance(report.get("setup"), dict):
+            layers = [str(layer) for layer in report["setup"].get("layers", [])]
+        judged = _judge(judging, index, report, _oom_kills(cgroup) > oom_before)
+        outcomes += judged
+        if limits.fail_fast and any(o.verdict is not Verdict.PASSED for o in judged):
+            return outcomes, parts + layers, "failed"
+    return outcomes, parts + layers, "done"
+
+
+def _judge(judging: Judging, index: int, report: dict, oom: bool) -> list[TestOutcome]:
+    """``judge_report``, where an unreadable report (its fields are partly the program's) fails the test."""
+    try:
+        return judge_report(judging, index, report, oom)
+    except Exception as exc:  # a bug here must not crash the evaluator, nor read as the sandbox's fault
+        logger.warning("sandbox: a report could not be judged (%s: %s)", type(exc).__name__, exc)
+        return [outcome(Verdict.RUNTIME_ERROR, f"the program's report could not be judged: {exc}")]
+
+
+def _oom_kills(cgroup: dict | None) -> int:
+    if not cgroup:
+        return 0
+    text = _read(cgroup["events"])
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill "))
+
+
+def _fill(outcomes: list[TestOutcome], n_tests: int, reason: str, budget: float, stderr: str, status):
+    """Outcomes for every test; the tests that never ran get a verdict that says why."""
+    if len(outcomes) >= n_tests:
+        return tuple(outcomes[:n_tests])
+    if reason == "failed":
+        filler = TestOutcome(Verdict.NOT_RUN, "not run: an earlier test failed and fail_fast is on")
+    elif reason == TIMEOUT:
+        filler = TestOutcome(Verdict.TIMEOUT, f"the outer wall budget of {budget:.1f} s was exhausted")
+    else:
+        tail = bounded(stderr.strip(), 400)
+        filler = TestOutcome(Verdict.SANDBOX_ERROR, f"launcher ended ({reason}, {status}): {tail}")
+        logger.warning("sandbox launcher failed: %s", filler.detail)
+    return tuple(outcomes) + (filler,) * (n_tests - len(outcomes))
+
+
+def _kill_uid(uid: int | None, mode: IsolationMode) -> None:
+    """Without a PID namespace, kill every process of the run's throwaway uid."""
     kill = shutil.which("kill")
     if mode is IsolationMode.RLIMITS_ONLY and uid is not None and kill:
         subprocess.run([kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], check=False)
-
-
-def _launcher_argv(mode: IsolationMode, job_path: str) -> list[str]:
-    if not sys.executable:
-        raise SandboxError("sys.executable is empty; cannot start a Python launcher")
-    if not LAUNCHER_PATH.is_file():
-        raise SandboxError(f"the sandbox launcher is missing: expected {LAUNCHER_PATH}")
-    return [
-        *_unshare_prefix(mode),
-        sys.executable,
-        "-s",
-        "-S",
-        "-c",
-        _BOOTSTRAP,
-        str(LAUNCHER_PATH),
-        job_path,
-    ]
-
-
-def _launch(job: dict, mode: IsolationMode, budget: float) -> _LaunchReport:
-    job_path = os.path.join(job["workdir"], "job.json")
-    with open(job_path, "w", encoding="utf-8") as fh:
-        json.dump(job, fh)
-    argv = _launcher_argv(mode, job_path)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",
-            env=_sandbox_env(job["workdir"]),
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise SandboxError(f"cannot start the sandbox launcher {argv[0]!r}: {exc}") from exc
-    cap = 65536 + len(job["inputs"]) * 12 * (OUTPUT_CHARS + DETAIL_CHARS + 256)
-    with proc:
-        reason = "error"
-        try:
-            streams = {"out": (proc.stdout.fileno(), cap), "err": (proc.stderr.fileno(), 65536)}
-            bufs, reason = watch(proc.pid, streams, budget)
-        except OSError as exc:
-            raise SandboxError(f"lost track of the sandbox launcher: {exc}") from exc
-        finally:
-            if reason != "exited":
-                _kill_launcher(proc, job["uid"], mode)
-        returncode = proc.wait()
-    records = parse_events(bytes(bufs["out"]))
-    return _LaunchReport(records, reason, returncode, bufs["err"].decode("utf-8", "replace"))
-
-
-def _assemble(
-    report: _LaunchReport, n_tests: int, budget: float
-) -> tuple[tuple[TestOutcome, ...], list[str]]:
-    """Per-test outcomes in order; tests the launcher never reported get a verdict that says why."""
-    by_index, parts, done = {}, [], False
-    for record in report.records:
-        if "isolation" in record:
-            parts = list(record["isolation"])
-            for warning in record.get("warnings", []):
-                _warn_once(f"sandbox isolation incomplete: {warning}")
-        elif record.get("done"):
-            done = True
-        elif isinstance(record.get("i"), int):
-            by_index[record["i"]] = TestOutcome(
-                verdict=Verdict(record["verdict"]),
-                detail=record["detail"],
-                output=record["output"],
-                output_sha256=record["sha"],
-                elapsed=record["elapsed"],
-            )
-    if done:
-        filler = TestOutcome(Verdict.NOT_RUN, "not run: an earlier test failed and fail_fast is on")
-    elif report.reason == "timeout":
-        filler = TestOutcome(Verdict.TIMEOUT, f"the outer wall budget of {budget:.1f} s was exhausted")
-    else:
-        tail = bounded(report.stderr.strip(), 400)
-        filler = TestOutcome(
-            Verdict.SANDBOX_ERROR, f"launcher ended ({report.reason}, {report.returncode}): {tail}"
-        )
-        logger.warning("sandbox launcher failed: %s", filler.detail)
-    return tuple(by_index.get(i, filler) for i in range(n_tests)), parts
 
 
 _WARNED: set[str] = set()
@@ -410,15 +355,34 @@ INFRA_RETRIES = 2  # a real infrastructure failure is retried this often, then r
 
 def _attempt(code: str, tests: tuple[TestCase, ...], limits: SandboxLimits, mode: IsolationMode,
              budget: float) -> tuple[tuple[TestOutcome, ...], list[str]]:  # fmt: skip
+    if not sys.executable:
+        raise SandboxError("sys.executable is empty; cannot start a Python launcher")
+    deadline = time.monotonic() + budget
     cgroup = _make_cgroup(limits.address_space_bytes) if mode is not IsolationMode.RLIMITS_ONLY else None
     try:
         with tempfile.TemporaryDirectory(prefix="autojudge-sbx-", ignore_cleanup_errors=True) as workdir:
             job = _job(code, tests, limits, mode, workdir)
-            job["cgroup"] = cgroup
-            report = _launch(job, mode, budget)
+            job["cgroup"] = cgroup and {"procs": cgroup["procs"]}
+            launcher = Launcher(sys.executable, mode, _sandbox_env(workdir), deadline, _report_cap(limits))
+            try:
+                outcomes, parts, reason = _converse(launcher, job, tests, cgroup)
+            finally:
+                status = launcher.close(graceful=True)
+                _kill_uid(job["uid"], mode)
     finally:
         _remove_cgroup(cgroup)
-    return _assemble(report, len(tests), budget)
+    return _fill(outcomes, len(tests), reason, budget, launcher.stderr(), status), _layers(parts, cgroup)
+
+
+def _layers(parts: list[str], cgroup: dict | None) -> list[str]:
+    """The isolation layers in their documented order: the launcher's, then memcg, then seccomp."""
+    worker = [p for p in parts if p == "memcg" or p.startswith("seccomp")]
+    layers = [p for p in parts if p not in worker]
+    if not layers:
+        return []
+    if cgroup is not None and "memcg-unavailable" not in layers:
+        layers.append("memcg" if "memcg" in worker else "memcg-unused")
+    return layers + [p for p in worker if p.startswith("seccomp")][:1]
 
 
 def _sandbox_failure(job: ProgramJob, exc: SandboxError) -> ExecResult:

@@ -93,7 +93,7 @@ def test_forged_events_are_the_programs_failure(name, line):
 
 
 def test_functional_program_cannot_stretch_its_wall_clock():
-    """It disables its own timer and keeps writing activity to the event descriptor: the runner's clock,
+    """It disables its own timer and keeps writing activity to the event descriptor: the launcher's clock,
     started once per test, still stops it."""
     code = (
         "import os, signal, time\nclass Solution:\n    def f(self, a):\n"

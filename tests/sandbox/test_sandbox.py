@@ -282,15 +282,16 @@ def test_bad_arguments_raise_config_error():
 
 
 def test_launcher_loads_only_the_standard_library_and_its_siblings():
-    """The program runs in a fresh interpreter that loaded only our two runner modules (from source handed
-    over by the launcher): no package __init__ (lm-eval), no launcher, and no folder of ours on sys.path."""
+    """The program runs in a fork of a fresh interpreter that loaded only the launcher's four modules
+    (compiled code handed over by the evaluator): no package __init__ (lm-eval), no evaluator-side module
+    (runner, judge, session, values), and no folder of ours on sys.path."""
     code = (
         "import sys\n"
         "print(*sorted(m for m in sys.modules if m.split('.')[0] in ('autojudge_eval', 'lm_eval', 'torch')))\n"
         "print(any(p.rstrip('/').endswith('autojudge_eval') for p in sys.path))\n"
     )
     output = run_program(code, [TestCase("", "-")], FAST).outcomes[0].output.split("\n")
-    siblings = ["child", "common"]
+    siblings = ["child", "common", "launcher", "mounts"]
     expected = [
         "autojudge_eval",
         "autojudge_eval.sandbox",
