@@ -22,7 +22,8 @@ BENCH_LIMIT = 5  # GSM8K test prompts of a bench; README "Set up and run" gives 
 
 DESCRIPTION = """\
 AutoJudge (lossy speculative decoding with a learned judge) for a draft/target pair: measure it (bench),
-mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft),
+mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft)
+or an EAGLE head (fit-eagle),
 run lm-eval sweeps and leaderboards (sweep, report, regress). lm-eval itself: `lm_eval --model autojudge`."""
 EPILOG = f"""\
 first run (5 GSM8K test prompts, every method, one thread; times: README, "Set up and run"):
