@@ -193,7 +193,8 @@ def save_eagle(
     """Write ``folder`` in the public EAGLE layout (module docstring), weights stored in ``dtype``."""
     folder.mkdir(parents=True, exist_ok=True)
     config = stack.config.to_dict()
-    config |= {"num_hidden_layers": 1, "torch_dtype": str(dtype).replace("torch.", "")}
+    name = str(dtype).replace("torch.", "")
+    config |= {"num_hidden_layers": 1, "torch_dtype": name, "dtype": name}
     config["architectures"] = list(getattr(stack.config, "architectures", None) or ["LlamaForCausalLM"])
     config.pop("_attn_implementation_autoset", None)
     (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
