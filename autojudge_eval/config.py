@@ -7,6 +7,8 @@ Model specs, in the order they are tried::
     self:default                    the committed default self-draft for the default target
     ngram:n_max=3,n_min=1           prompt lookup, no draft model (a draft only; ``ngram`` = these defaults;
                                     ``;`` may separate the keys, as lm-eval's --model_args splits on commas)
+    eagle:FOLDER | eagle:org/name   an EAGLE head in the public layout (config.json + safetensors; a draft
+                                    only); ``,head=N`` (or ``;head=N``) keeps its N most frequent tokens
     /path/to/model.gguf             a GGUF file (transformers dequantises it; converted weights are cached)
     /path/to/folder | org/name      anything ``from_pretrained`` loads (a local folder or a hub id)
 """
@@ -44,11 +46,11 @@ NGRAM_DEFAULTS = {
 class ModelSpec:
     """What the user asked for, resolved to one of four kinds."""
 
-    kind: str  # "default" | "gguf" | "pretrained" | "self" | "ngram"
-    source: str = ""  # path, hub id or "" for default
+    kind: str  # "default" | "gguf" | "pretrained" | "self" | "ngram" | "eagle"
+    source: str = ""  # path, hub id or "" for default (for "eagle": the head's folder or hub id)
     layers: int | None = None  # self-draft exit layer
     adapter: str | None = None  # self-draft adapter path ("default" = the committed one)
-    head_vocab: int | None = None  # self-draft: keep only the N most frequent tokens in the draft head
+    head_vocab: int | None = None  # self-draft / eagle: keep the N most frequent tokens in the head
     revision: str | None = None
     n_max: int | None = None  # ngram drafter: longest suffix looked up
     n_min: int | None = None  # ngram drafter: shortest suffix looked up
@@ -66,6 +68,9 @@ class ModelSpec:
             parts.append(f"head={self.head_vocab}" if self.head_vocab else "")
             body = ",".join(p for p in parts if p)
             return "self:default" if body == "adapter=default" else f"self:{body}"
+        if self.kind == "eagle":
+            rev = f"@{self.revision}" if self.revision else ""
+            return f"eagle:{self.source}{rev}" + (f",head={self.head_vocab}" if self.head_vocab else "")
         return self.source or self.kind
 
 
@@ -84,6 +89,10 @@ def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
         if not allow_self:
             raise ConfigError(f"{text!r}: the lookup drafter ('ngram...') is only valid as a draft model")
         return _parse_ngram_spec(text[6:])
+    if text.startswith("eagle:") or text == "eagle":
+        if not allow_self:
+            raise ConfigError(f"{text!r}: an EAGLE head ('eagle:...') is only valid as a draft model")
+        return _parse_eagle_spec(text[6:])
     rev = None
     if "@" in text and not os.path.exists(text):
         text, rev = text.rsplit("@", 1)
@@ -99,8 +108,8 @@ def parse_model_spec(text: str, *, allow_self: bool = False) -> ModelSpec:
         return ModelSpec(kind="pretrained", source=text, revision=rev)
     raise ConfigError(
         f"cannot read model spec {text!r}: expected 'default', a hub id like 'org/name', "
-        "an existing local folder, an existing .gguf file, or (for drafts) 'self:layers=N,adapter=PATH' "
-        "or 'ngram:n_max=3,n_min=1'"
+        "an existing local folder, an existing .gguf file, or (for drafts) 'self:layers=N,adapter=PATH', "
+        "'ngram:n_max=3,n_min=1' or 'eagle:FOLDER'"
     )
 
 
@@ -110,7 +119,7 @@ def is_hub_id(text: str) -> bool:
         spec = parse_model_spec(text, allow_self=True)
     except ConfigError:
         return False  # refused later, with its message
-    return spec.kind == "pretrained" and not os.path.isdir(spec.source)
+    return spec.kind in ("pretrained", "eagle") and not os.path.isdir(spec.source)
 
 
 def _parse_self_spec(body: str) -> ModelSpec:
@@ -140,6 +149,33 @@ def _parse_ngram_spec(body: str) -> ModelSpec:
     if sizes["n_min"] > sizes["n_max"]:
         raise ConfigError(f"ngram drafter spec: n_min={sizes['n_min']} is above n_max={sizes['n_max']}")
     return ModelSpec(kind="ngram", **sizes)
+
+
+def _parse_eagle_spec(body: str) -> ModelSpec:
+    """``FOLDER`` or ``org/name[@rev]``, optionally followed by ``,head=N`` (or ``;head=N``)."""
+    head = None
+    for sep in (",head=", ";head="):
+        if sep in body:
+            body, value = body.rsplit(sep, 1)
+            head = _as_int(value, "EAGLE head", minimum=1)
+            break
+    body = body.strip()
+    if not body:
+        raise ConfigError("EAGLE draft spec needs a head: 'eagle:FOLDER' or 'eagle:org/name' (hub id)")
+    if os.path.exists(body):
+        if not os.path.isdir(body):
+            raise ConfigError(
+                f"EAGLE head {body} is a file; pass the folder holding config.json + safetensors"
+            )
+        return ModelSpec(kind="eagle", source=body, head_vocab=head)
+    rev = None
+    if "@" in body:
+        body, rev = body.rsplit("@", 1)
+    if body.count("/") == 1 and all(p and " " not in p for p in body.split("/")) and not body.startswith("."):
+        return ModelSpec(kind="eagle", source=body, head_vocab=head, revision=rev)
+    raise ConfigError(
+        f"EAGLE head not found: {body!r} is neither an existing folder nor a hub id like 'org/name'"
+    )
 
 
 def _parse_kv(body: str, *, sep: str, what: str) -> dict[str, str]:

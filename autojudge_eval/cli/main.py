@@ -22,7 +22,8 @@ BENCH_LIMIT = 5  # GSM8K test prompts of a bench; README "Set up and run" gives 
 
 DESCRIPTION = """\
 AutoJudge (lossy speculative decoding with a learned judge) for a draft/target pair: measure it (bench),
-mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft),
+mine important-token labels and train judges (mine, mine-summary, train), fit the self-draft (fit-draft)
+or an EAGLE head (fit-eagle),
 run lm-eval sweeps and leaderboards (sweep, report, regress). lm-eval itself: `lm_eval --model autojudge`."""
 EPILOG = f"""\
 first run (5 GSM8K test prompts, every method, one thread; times: README, "Set up and run"):
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_bench(sub)
     _add_fit_draft(sub)
+    _add_fit_eagle(sub)
     for entry in DELEGATED:
         _add_delegated(sub, *entry)
     _add_cache_data(sub)
@@ -134,6 +136,13 @@ EXAMPLES = {
         "Generates the target's greedy answers on GSM8K train problems (resumable JSONL, one line per finished\n"
         "problem), fits a ridge adapter per exit layer and prints held-out next-token agreement.",
         "autojudge-eval fit-draft --data ../shared/data --limit 120 --save-layers 24",
+    ),
+    "fit-eagle": (
+        "Self-distillation of an EAGLE head: the target's greedy answers to GSM8K train problems (batched,\n"
+        "resumable JSONL), its features (one cached file per problem), then the EAGLE loss (feature regression\n"
+        "+ token cross-entropy) with resumable checkpoints. Prints held-out next-token agreement with the target\n"
+        "beside the self-draft's on the same positions; saves the head in the public EAGLE layout + a card.",
+        "autojudge-eval fit-eagle --data ../shared/data --limit 160 --steps 400 --out drafts/eagle-smollm2",
     ),
     "mine": (
         "Runs the semi-greedy search: at each draft/target mismatch the draft token is put in, the target\n"
@@ -274,6 +283,28 @@ def _add_fit_draft(sub) -> None:
         "--out", default="selfdraft-exit{layer}.safetensors", help="adapter file ({layer} is filled in)"
     )
     p.set_defaults(func=cmd_fit_draft)
+
+
+def _add_fit_eagle(sub) -> None:
+    p = _sub(sub, "fit-eagle", "train an EAGLE draft head on the target's own GSM8K train answers")
+    _model_args(p, draft=False)
+    p.add_argument("--limit", type=int, default=160, help="training problems to answer (the first N)")
+    p.add_argument("--heldout", type=float, default=0.15, help="share of problems held out (the last ones)")
+    p.add_argument("--rows", type=int, default=8, help="problems decoded together when answering")
+    p.add_argument("--max-new-tokens", type=int, default=320, help="answer budget per problem, in tokens")
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps")
+    p.add_argument("--batch", type=int, default=4, help="problems per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--cls-weight", type=float, default=0.1, help="weight of the token loss (EAGLE: 0.1)")
+    p.add_argument("--train-vocab", type=int, default=8192, help="tokens the cross-entropy ranges over")
+    p.add_argument("--head-sizes", default="4096,8192,16384", help="truncated draft heads to report")
+    p.add_argument("--default-head", type=int, default=None, help="draft-head size the head uses by default")
+    p.add_argument("--compare", default="self:default", help="draft whose agreement to print beside ('none')")
+    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
+    p.add_argument("--save-dtype", default="float32", help="dtype of the saved weights (float32, bfloat16)")
+    p.add_argument("--work", default=None, help="answers, features, checkpoints (default: in the cache)")
+    p.add_argument("--out", default="eagle-head", help="folder for the head (config.json + safetensors)")
+    p.set_defaults(func=cmd_fit_eagle)
 
 
 def _gsm8k_rows(split: str, data: str | None, limit: int):
@@ -525,6 +556,112 @@ def cmd_fit_draft(args) -> int:
         }
         to_adapter(result, order).save(out, card)
         print(f"saved the exit-{result['layer']} adapter to {out} (+ {out.with_suffix('.json').name})")
+    return 0
+
+
+def cmd_fit_eagle(args) -> int:
+    import hashlib
+    import math
+    import time
+
+    from autojudge_eval.config import parse_model_spec, resolve_dtype
+    from autojudge_eval.judging.artifact import pair_slug
+    from autojudge_eval.models import eaglefit
+    from autojudge_eval.models.eagle import save_eagle
+    from autojudge_eval.models.loading import cache_root
+    from autojudge_eval.models.pair import load_pair, with_draft
+    from autojudge_eval.models.selfdraft import token_order
+    from autojudge_eval.provenance import cpu_model
+
+    try:
+        sizes = [int(x) for x in args.head_sizes.split(",") if x]
+    except ValueError:
+        raise ConfigError(f"--head-sizes takes comma-separated numbers, not {args.head_sizes!r}") from None
+    if not 0 < args.heldout < 1:
+        raise ConfigError(f"--heldout is a share of the problems in (0, 1), not {args.heldout}")
+    save_dtype = resolve_dtype(args.save_dtype, "cpu")
+    t_spec = parse_model_spec(args.target)
+    if args.compare != "none":
+        parse_model_spec(args.compare, allow_self=True)
+    settings = eaglefit.TrainSettings(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        cls_weight=args.cls_weight,
+        train_vocab=args.train_vocab,
+        save_every=args.save_every,
+    )
+    gsm = _gsm8k_rows("train", args.data, args.limit)  # before the model loads
+    started = time.perf_counter()
+    pair = load_pair(t_spec, "none", device=args.device, dtype=args.dtype)
+    work = Path(args.work) if args.work else cache_root() / "fit-eagle" / pair_slug(pair.target.name)
+    prompts = [(f"train-{i}", p) for i, (p, _) in enumerate(_gsm8k_prompts(pair.tokenizer, gsm))]
+    answers = eaglefit.generate_batched(
+        pair.stack,
+        prompts,
+        work / "answers.jsonl",
+        eos_ids=pair.eos_ids,
+        max_new_tokens=args.max_new_tokens,
+        rows=args.rows,
+    )
+    rows = sorted(
+        (r for r in answers.values() if int(r["id"].split("-")[1]) < len(prompts)),
+        key=lambda r: int(r["id"].split("-")[1]),
+    )
+    examples = eaglefit.collect_features(pair.stack, rows, work / "features")
+    held_n = max(1, math.ceil(len(examples) * args.heldout))
+    train, held = examples[:-held_n], examples[-held_n:]
+    train_ids = {e.pid for e in train}
+    order = token_order([r for r in rows if r["id"] in train_ids], pair.stack.lm_head.weight.shape[0])
+    key = hashlib.sha256(json.dumps([repr(settings), sorted(train_ids)]).encode()).hexdigest()[:12]
+    head, history = eaglefit.train_head(pair.stack, train, order, settings, work / f"ckpt-{key}.safetensors")
+    agreement = eaglefit.eagle_agreement(pair.stack, head, held, order, sizes)
+    compare = None
+    if args.compare != "none":
+        try:
+            other = with_draft(pair, args.compare, t_spec, device=args.device).drafter
+            compare = eaglefit.exit_agreement(other.model, held)
+        except AutojudgeError as exc:
+            print(f"note: no {args.compare} agreement to compare: {exc}", file=sys.stderr)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{len(train)} training problems, {len(held)} held out ({agreement['positions']} answer positions)")
+    print("held-out next-token agreement with the target (teacher-forced, same positions):")
+    print(f"  eagle, full head: {agreement['full']:.1%}")
+    for n in sizes:
+        print(f"  eagle, head {n}: {agreement[str(n)]:.1%}")
+    if compare is not None:
+        print(f"  {args.compare}: {compare:.1%}")
+    last = history[-20:]
+    card = {
+        "target": pair.target.name,
+        "data": f"gsm8k train, problems 0..{len(prompts) - 1}: the target's greedy answers to the zero-shot "
+        f"chat prompt (up to {args.max_new_tokens} tokens); held out: the last {len(held)}",
+        "problems": len(examples),
+        "heldout_problems": len(held),
+        "heldout_positions": agreement["positions"],
+        "train_tokens": sum(int(len(e.ids) - e.prompt_len) for e in train),
+        "steps": settings.steps,
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "final_loss": {k: sum(h[k] for h in last) / len(last) for k in ("loss", "reg", "cls")}
+        if last
+        else {},
+        "heldout_agreement": {k: round(v, 4) for k, v in agreement.items() if k != "positions"},
+        "compare": {"draft": args.compare, "heldout_agreement": round(compare, 4)}
+        if compare is not None
+        else None,
+        "default_head_vocab": args.default_head,
+        "dtype": str(save_dtype).replace("torch.", ""),
+        "minutes": round(minutes, 1),
+        "machine": f"{cpu_model()}, {args.threads} torch threads",
+        "command": command_line(),
+        "date": now(),
+    }
+    out = Path(args.out)
+    save_eagle(out, head, pair.stack, vocab=token_order(rows, len(order)), card=card, dtype=save_dtype)
+    print(
+        f"saved the EAGLE head to {out}/ (config.json, model.safetensors, draft_vocab.safetensors, autojudge.json)"
+    )
+    print(f"use it: --draft eagle:{out}  ({minutes:.1f} min in all)")
     return 0
 
 

@@ -145,7 +145,9 @@ def speculative_generate(
     if drafter is not None:
         drafter.reset(cache)
     if len(seq) > 1:
-        target.run(target.embed(seq[:-1]), cache)  # prefill: every prompt token but the pending one
+        prefilled = target.run(target.embed(seq[:-1]), cache)  # every prompt token but the pending one
+        if drafter is not None:
+            drafter.observe(0, target.norm(prefilled)[0])
     generated: list[int] = []
     while True:
         if drafter is None:
@@ -205,10 +207,12 @@ def _speculate(target: LayerStack, drafter: Drafter, seq, cache, rule, k) -> tup
             )
             if not rule(mismatch):
                 new.append(y)
+                drafter.observe(len(seq) - 1, hidden[: i + 1])  # the pending token + i accepted drafts
                 return new, i, taken, len(drafts)
             taken += 1
         new.append(d)
     new.append(best[len(drafts)])  # all k accepted: the bonus token
+    drafter.observe(len(seq) - 1, hidden)
     return new, len(drafts), taken, len(drafts)
 
 

@@ -8,7 +8,9 @@ Every drafter implements :class:`Drafter`, the contract ``engine.decoding`` reli
   into the last layer's hidden space, the final norm and the LM head (optionally restricted to the most
   frequent tokens). It shares the target's KV cache for those L layers and hands the layer-L states of its
   window to the verifier, so the target only runs its remaining layers on the window;
-* ``engine.ngram.NgramDrafter`` — prompt lookup: no draft model, no hidden states, no draft forward.
+* ``engine.ngram.NgramDrafter`` — prompt lookup: no draft model, no hidden states, no draft forward;
+* ``engine.eagle.EagleDrafter`` — an EAGLE head: one decoder layer over [next token ; the target's feature],
+  with its own small cache, fed the target's features by the loop (:meth:`Drafter.observe`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +27,9 @@ from safetensors.torch import load_file, save_file
 from autojudge_eval.engine.kv_cache import KVCache
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, JudgeArtifactError
+
+if TYPE_CHECKING:
+    from autojudge_eval.engine.eagle import EagleModel
 
 ADAPTER_FORMAT = "autojudge-selfdraft/1"
 DEFAULT_ADAPTER = Path(__file__).parents[1] / "assets" / "selfdraft" / "adapter.safetensors"
@@ -50,6 +55,9 @@ class Drafter(Protocol):
     * ``propose(seq, k, with_hidden=...)`` once per cycle: K tokens after the committed ``seq`` ((T,) long),
       with the draft's hidden states when a DD judge needs them, and target states it computed anyway
       (``Proposal.reuse``) for the verifier to skip;
+    * ``observe(start, features)`` after the prefill and after each verify: the target's (n, H) normed last
+      hidden states at the committed positions ``[start, start + n)`` (an EAGLE head drafts from them; the
+      other drafters ignore them);
     * ``rollback(length)`` after verification: forget everything past ``length`` committed positions;
     * ``calls``: draft forwards (or lookups) since ``reset``.
 
@@ -57,20 +65,23 @@ class Drafter(Protocol):
 
     ``kind`` says how mining predicts whole texts with it (``mining.rollout.draft_view``): ``"self"`` (an
     early exit inside the target's own cache: from the target's residuals), ``"model"`` (a network with its
-    own cache: teacher-forced) or ``"lookup"`` (no network: by lookup over the text so far). ``model`` is the
-    draft network (``FullModel`` or ``EarlyExit``; None for a lookup) and ``hidden_size`` the size of the
+    own cache: teacher-forced), ``"lookup"`` (no network: by lookup over the text so far) or ``"eagle"`` (a
+    head over the target's features; mining has no view of it yet). ``model`` is the draft network
+    (``FullModel``, ``EarlyExit`` or ``EagleModel``; None for a lookup) and ``hidden_size`` the size of the
     hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
     """
 
     calls: int
     kind: str
-    model: FullModel | EarlyExit | None
+    model: FullModel | EarlyExit | EagleModel | None
     hidden_size: int
     reuses_target_states: bool
 
     def reset(self, target_cache: KVCache) -> None: ...
 
     def propose(self, seq: torch.Tensor, k: int, *, with_hidden: bool) -> Proposal: ...
+
+    def observe(self, start: int, features: torch.Tensor) -> None: ...
 
     def rollback(self, length: int) -> None: ...
 
@@ -214,6 +225,9 @@ class ModelDrafter:
         tokens = torch.stack(tokens[:k]).to(self.device)
         return Proposal(tokens=tokens, hidden=torch.stack(hidden) if with_hidden else None)
 
+    def observe(self, start: int, features: torch.Tensor) -> None:
+        """A separate draft model reads tokens, not the target's features."""
+
     def rollback(self, length: int) -> None:
         self.cache.crop(length)
 
@@ -253,6 +267,9 @@ class SelfDrafter:
             hidden = torch.cat([*normed[1:], self.model.hidden(states[-1])])
         window = torch.cat(states, dim=1)  # (1, k+1, H): pending token + k drafts
         return Proposal(tokens=torch.cat(ids), hidden=hidden, reuse=(self.exit_layer, window))
+
+    def observe(self, start: int, features: torch.Tensor) -> None:
+        """The self-draft reads the target's own cache, not its last hidden states."""
 
     def rollback(self, length: int) -> None:
         """The target cache was cropped already; nothing of our own to undo."""

@@ -110,5 +110,8 @@ class NgramDrafter:
         self.calls += bool(tokens)
         return Proposal(tokens=torch.tensor(tokens, dtype=torch.long, device=seq.device))
 
+    def observe(self, start: int, features: torch.Tensor) -> None:
+        """A lookup reads the text only."""
+
     def rollback(self, length: int) -> None:
         """Proposals never enter the index; the committed text only grows within a generation."""

@@ -273,4 +273,9 @@ def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView | LookupDraft
         return ModelDraftView(drafter.model)
     if drafter.kind == "lookup":
         return LookupDraftView(drafter)
+    if drafter.kind == "eagle":
+        raise ConfigError(
+            "mining with an EAGLE head is not supported yet (its predictions need the target's feature at "
+            "every position of each rollout); mine with the self-draft or ngram"
+        )
     raise ConfigError(f"no mining view for a drafter of kind {drafter.kind!r}; known: self, model, lookup")

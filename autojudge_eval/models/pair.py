@@ -20,9 +20,11 @@ from autojudge_eval.engine.drafters import (
     ModelDrafter,
     SelfDrafter,
 )
+from autojudge_eval.engine.eagle import EagleDrafter
 from autojudge_eval.engine.ngram import NgramDrafter
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, ModelLoadError
+from autojudge_eval.models.eagle import load_eagle
 from autojudge_eval.models.loading import LoadedModel, check_same_vocabulary, eos_token_ids, load_model
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,9 @@ def with_draft(
     d_spec = draft if isinstance(draft, ModelSpec) else parse_model_spec(draft, allow_self=True)
     if d_spec.kind == "ngram":  # prompt lookup: no draft model, so no draft dtype either
         return Pair(loaded, stack, NgramDrafter(d_spec.n_max, d_spec.n_min), d_spec.describe(), eos)
+    if d_spec.kind == "eagle":  # a head on the target's features: it runs in the target's dtype
+        drafter = EagleDrafter(load_eagle(d_spec, stack, loaded.name))
+        return Pair(loaded, stack, drafter, d_spec.describe(), eos)
     separate = draft_dtype is not None and resolve_dtype(draft_dtype, loaded.device) != loaded.dtype
     suffix = f"@{resolve_dtype(draft_dtype, loaded.device)}".replace("torch.", "") if separate else ""
     if d_spec.kind == "self":

@@ -44,6 +44,27 @@ def generate_answers(
 
     Each answer is appended and fsynced as soon as it is generated, so a kill loses only the answer in
     progress; a line torn by a kill is dropped (and its problem answered again) on the next run."""
+    done = read_answers(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "a") as sink, tqdm(total=total, desc="target answers", unit="problem") as bar:
+        for pid, prompt in prompts:
+            if pid not in done:
+                tokens, _ = speculative_generate(stack, None, prompt, stop=stop)
+                done[pid] = {"id": pid, "prompt": prompt, "answer": tokens}
+                append_answer(sink, done[pid])
+            bar.update(1)
+    return list(done.values())
+
+
+def append_answer(sink, row: dict) -> None:
+    """One answer row, flushed and fsynced (a kill loses at most the line being written)."""
+    sink.write(json.dumps(row) + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())
+
+
+def read_answers(out_path: Path) -> dict[str, dict]:
+    """The rows of an answers JSONL by problem id; a torn last line (a killed run) is cut off the file."""
     done = {}
     if out_path.is_file():
         text = out_path.read_text()
@@ -62,17 +83,7 @@ def generate_answers(
                 "%s: dropping a torn last line (a killed run); that problem is answered again", out_path
             )
             os.truncate(out_path, good)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "a") as sink, tqdm(total=total, desc="target answers", unit="problem") as bar:
-        for pid, prompt in prompts:
-            if pid not in done:
-                tokens, _ = speculative_generate(stack, None, prompt, stop=stop)
-                done[pid] = {"id": pid, "prompt": prompt, "answer": tokens}
-                sink.write(json.dumps(done[pid]) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-            bar.update(1)
-    return list(done.values())
+    return done
 
 
 @torch.inference_mode()

@@ -214,7 +214,7 @@ def measure_physics(
     seq = torch.tensor(text, dtype=torch.long, device=stack.device)
     base = len(seq) - 1
     cache = stack.new_cache(len(seq) + window + 2)
-    stack.run(stack.embed(seq[:-1]), cache)
+    features = stack.norm(stack.run(stack.embed(seq[:-1]), cache))[0]  # what an EAGLE head drafts from
 
     def forward(q: int) -> None:
         stack.forward(torch.cat([seq[-1:], seq[: q - 1]]), cache)  # any q tokens: the cost, not the text
@@ -233,7 +233,8 @@ def measure_physics(
     }
     for name, drafter in drafters.items():
         drafter.reset(cache)
-        if drafter.kind == "model":  # its own cache catches up on the context once, outside the timing
+        drafter.observe(0, features)
+        if drafter.kind in ("model", "eagle"):  # its own cache catches up on the context, outside the timing
             drafter.propose(seq, window, with_hidden=False)
             drafter.rollback(base)
 

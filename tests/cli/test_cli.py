@@ -185,3 +185,26 @@ def test_bench_shows_its_untimed_warm_up(tiny_pair_dirs, data_dir, monkeypatch, 
     assert warm == list(range(4))  # target, lossless, autojudge, hf_generate
     assert [desc for desc, _ in bars][: len(warm)] == ["warm-up (not timed)"] * len(warm)
     assert [i for desc, i in bars if desc == "bench"] == [0, 1]
+
+
+def test_bench_runs_an_eagle_head_lossless(tiny_pair_dirs, data_dir, tmp_path, capsys):
+    """A head saved in the public layout runs in bench beside ngram: token-identical, its cost measured."""
+    from autojudge_eval.config import parse_model_spec
+    from autojudge_eval.engine.eagle import EagleHead
+    from autojudge_eval.engine.stack import LayerStack
+    from autojudge_eval.models.eagle import head_config, save_eagle
+    from autojudge_eval.models.loading import load_model
+
+    target, _ = tiny_pair_dirs
+    stack = LayerStack(load_model(parse_model_spec(str(target)), device="cpu").model)
+    torch.manual_seed(0)
+    head = EagleHead(head_config({}, stack), type(stack.layers[0]))
+    save_eagle(tmp_path / "head", head, stack, vocab=None, card={})
+    spec = f"eagle:{tmp_path / 'head'}"
+    args = ["bench", "--target", str(target), "--drafts", f"ngram,{spec}", "--skip", "autojudge*", "--no-hf"]
+    args += ["--data", str(data_dir / "gsm8k"), "--limit", "2", "--max-new-tokens", "10", "--window", "3"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["methods"][f"lossless@{spec}"]["identical_to_target"] == 1.0
+    assert report["physics"]["drafters"][spec]["kind"] == "eagle"
+    assert report["physics"]["drafters"][spec]["proposed"] == 3
