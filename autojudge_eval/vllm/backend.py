@@ -80,7 +80,7 @@ def resolve_pretrained(pretrained: str) -> str:
 
 
 def configure(mode: str | None, judge: str | None, threshold: float | None) -> tuple[str, str | None]:
-    """Check the method arguments and set the plugin's environment (vLLM's engine processes inherit it)."""
+    """Check the method arguments: ``(mode, judge)``, the judge as the plugin reads it (None: no judge)."""
     spec = parse_judge_spec(judge)
     mode = mode or ("autojudge" if spec else "lossless")
     if mode not in MODES:
@@ -94,16 +94,31 @@ def configure(mode: str | None, judge: str | None, threshold: float | None) -> t
             f"judge={spec.value}: the shipped judges read the self-draft's hidden states (DD-DT); vLLM's "
             "verification has the target's only. Pass a DT judge folder (autojudge-eval train --features DT)"
         )
-    os.environ.pop(plugin.JUDGE_ENV, None)
-    os.environ.pop(plugin.THRESHOLD_ENV, None)
-    if spec is not None:
-        os.environ[plugin.JUDGE_ENV] = spec.value
-        if threshold is not None:
-            os.environ[plugin.THRESHOLD_ENV] = str(threshold)
-        # vLLM may have loaded its plugins in this process already (importing lm-eval's vLLM module does),
-        # before this environment was set; an engine process forked from here inherits that state.
-        plugin.register()
     return mode, spec.value if spec else None
+
+
+def engine_config(judge: str | None, threshold: float | None, additional: dict | None) -> dict:
+    """vLLM's ``additional_config`` for this engine: the caller's, plus the plugin's section.
+
+    The section is always there, so the engine's judge is this backend's (none for target and lossless),
+    whatever ``AUTOJUDGE_VLLM_JUDGE`` says in the environment."""
+    if additional is not None and not isinstance(additional, dict):
+        raise ConfigError(f"additional_config={additional!r}: expected a dict")
+    return {**(additional or {}), plugin.CONFIG_KEY: {"judge": judge, "threshold": threshold}}
+
+
+def check_plugin(judge: str | None) -> None:
+    """Refuse, before an engine starts, a judge that vLLM would run without (it would verify losslessly)."""
+    if judge is None:
+        return
+    import vllm
+
+    plugin.check_version(vllm.__version__)
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and plugin.PLUGIN_NAME not in allowed.split(","):
+        raise ConfigError(
+            f"VLLM_PLUGINS={allowed!r} leaves out the autojudge plugin: add autojudge, or unset VLLM_PLUGINS"
+        )
 
 
 def _counters(llm) -> dict:
@@ -156,6 +171,10 @@ def _backend_class():
                      prompt_lookup_max: int = 4, prompt_lookup_min: int = 1, dtype: str = "float32",
                      **kwargs) -> None:  # fmt: skip
             self.mode, self.judge_name = configure(mode, judge, threshold)
+            check_plugin(self.judge_name)
+            kwargs["additional_config"] = engine_config(
+                self.judge_name, threshold, kwargs.get("additional_config")
+            )
             self.threshold, self.window = threshold, int(window)
             if self.mode != "target":
                 kwargs["speculative_config"] = speculative_config(draft, self.window, int(prompt_lookup_max),

@@ -7,43 +7,65 @@ AutoJudge paper's vLLM integration; the LM head's input, the same state ``engine
 draft token is kept when P(important) < threshold. Everything else (scheduling, KV cache, batching,
 prefix caching, the proposers) stays vLLM's.
 
-How: two wrappers, installed by :func:`register` in every vLLM process when ``AUTOJUDGE_VLLM_JUDGE`` is set.
+Where it runs: vLLM 0.32 (V1) starts the model in its own processes. On CPU the front end (the process
+that builds ``LLM``) spawns an engine-core process, which spawns a worker (``VllmWorker-0``) that holds
+the model runner and the rejection sampler. vLLM calls :func:`register` in each of them (its
+``vllm.general_plugins`` entry point), and register installs the wrappers unconditionally, whatever the
+configuration at that moment. The judge is looked up later, per engine, when vLLM builds that engine's
+``RejectionSampler`` (:func:`judge_config`):
 
-* ``LogitsProcessor.forward`` remembers the hidden states it turned into logits (one row per sampled
-  position, aligned with the logits the sampler receives).
+* the engine's ``additional_config["autojudge"]`` = ``{"judge": ..., "threshold": ...}``
+  (``LLM(additional_config=...)``, ``vllm serve --additional-config '{"autojudge": {...}}'``); when the
+  section is present it decides, and ``{"judge": null}`` means no judge;
+* otherwise the environment: ``AUTOJUDGE_VLLM_JUDGE`` and ``AUTOJUDGE_VLLM_THRESHOLD``.
+
+A judge is ``accept-all`` | ``reject-all`` | a judge folder (``judge.safetensors`` + ``judge.json`` with DT
+features); the threshold defaults to the card's, else 0.5. An engine without a judge runs vLLM's own
+code: each wrapper then calls the original and returns its result untouched.
+
+The wrappers:
+
+* ``RejectionSampler.__init__`` resolves the engine's judge and keeps it on the sampler.
+* ``LogitsProcessor.forward`` remembers the hidden states it turned into logits, and the logits (one row
+  per sampled position, aligned with the logits the sampler receives), while some engine has a judge.
 * ``RejectionSampler.forward`` runs vLLM's own sampler, then, for the greedy requests of the batch, walks each
   window again with the judge: per request the rows are ``[pending, d_1 .. d_K]``, so the target's token for
   ``d_j`` is the argmax of row ``target_logits_indices[j]`` and the state after reading ``d_j`` is the next row.
+  It refuses logits that did not come from the last ``LogitsProcessor`` call, except in vLLM's start-up
+  warm-up (``GPUModelRunner._dummy_sampler_run``, random logits), which keeps vLLM's output.
 
-Configuration (environment, so that vLLM's spawned engine processes see it): ``AUTOJUDGE_VLLM_JUDGE`` =
-``accept-all`` | ``reject-all`` | a judge folder (``judge.safetensors`` + ``judge.json`` with DT features);
-``AUTOJUDGE_VLLM_THRESHOLD`` (default: the card's, else 0.5). Unset: the plugin does nothing, and vLLM's
-verification is bit-for-bit its own. Written for vLLM 0.32: on another version, :func:`register` raises.
+Written for vLLM 0.32. On another version register installs nothing and logs a warning, or raises if
+``AUTOJUDGE_VLLM_JUDGE`` is set; a judge given in ``additional_config`` is refused by the
+``--model autojudge-vllm`` backend (:func:`check_version`). An engine on vLLM's V2 model runner (the GPU
+default where Triton is present), which has its own rejection sampler, is refused when it has a judge.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 
 from autojudge_eval.config import CONSTANT_JUDGES
+from autojudge_eval.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+CONFIG_KEY = "autojudge"  # the section of vLLM's additional_config
+PLUGIN_NAME = "autojudge"  # the entry point's name (pyproject.toml), as VLLM_PLUGINS lists it
 JUDGE_ENV = "AUTOJUDGE_VLLM_JUDGE"
 THRESHOLD_ENV = "AUTOJUDGE_VLLM_THRESHOLD"
-STATS_ENV = "AUTOJUDGE_VLLM_STATS"  # a file the engine process appends per-step judge counts to (optional)
+STATS_ENV = "AUTOJUDGE_VLLM_STATS"  # a file the worker process appends per-step judge counts to (optional)
 SUPPORTED_VERSIONS = ("0.32.",)
 
-_state = threading.local()
-_installed: dict = {}
+_installed: dict = {}  # this process's original vLLM methods, once the wrappers are in
+# The last LogitsProcessor call (only while an engine of this process has a judge) and the warm-up flag.
+_last: dict = {"capture": False, "hidden": None, "logits": None, "warmup": False}
 
 
 class JudgeRule:
     """P(important) of a batch of (n, H) target hidden states, and the threshold that gates acceptance."""
 
-    def __init__(self, spec: str, threshold: str | None) -> None:
+    def __init__(self, spec: str, threshold: str | float | None) -> None:
         self.spec = spec
         self.constant = CONSTANT_JUDGES.get(spec)
         self.judge = None
@@ -61,7 +83,9 @@ class JudgeRule:
                 )
             card_threshold = self.judge.threshold
         self.threshold = (
-            float(threshold) if threshold else (card_threshold if card_threshold is not None else 0.5)
+            float(threshold)
+            if threshold not in (None, "")
+            else (card_threshold if card_threshold is not None else 0.5)
         )
 
     def unimportant(self, hidden):
@@ -82,40 +106,123 @@ def check_version(version: str) -> None:
         )
 
 
+def judge_config(additional_config) -> tuple[str | None, str | float | None]:
+    """One engine's (judge, threshold): its ``additional_config["autojudge"]`` if present, else the environment."""
+    section = additional_config.get(CONFIG_KEY) if isinstance(additional_config, dict) else None
+    if section is None:
+        return os.environ.get(JUDGE_ENV, "").strip() or None, os.environ.get(
+            THRESHOLD_ENV, ""
+        ).strip() or None
+    if not isinstance(section, dict) or not set(section) <= {"judge", "threshold"}:
+        raise ConfigError(
+            f'additional_config["{CONFIG_KEY}"] = {section!r}: expected {{"judge": ..., "threshold": ...}} '
+            "(judge: accept-all, reject-all, a DT judge folder or null; threshold: a number or null)"
+        )
+    judge = section.get("judge")
+    return (str(judge).strip() or None) if judge is not None else None, section.get("threshold")
+
+
+def engine_rule(vllm_config) -> JudgeRule | None:
+    """The judge of the engine whose config this is (None: vLLM's own verification)."""
+    judge, threshold = judge_config(getattr(vllm_config, "additional_config", None))
+    return JudgeRule(judge, threshold) if judge else None
+
+
 def register() -> None:
-    """The ``vllm.general_plugins`` entry point: install the wrappers when a judge is configured."""
-    spec = os.environ.get(JUDGE_ENV, "").strip()
-    if not spec or _installed:
+    """The ``vllm.general_plugins`` entry point: install the wrappers (inert for engines without a judge)."""
+    if _installed:
         return
     import vllm
-    from vllm.model_executor.layers import logits_processor
-    from vllm.v1.sample import rejection_sampler
 
-    check_version(vllm.__version__)
-    rule = JudgeRule(spec, os.environ.get(THRESHOLD_ENV))
-    cls_lp, cls_rs = logits_processor.LogitsProcessor, rejection_sampler.RejectionSampler
-    _installed.update(lp=cls_lp.forward, rs=cls_rs.forward, rule=rule)
+    try:
+        check_version(vllm.__version__)
+    except RuntimeError:
+        if os.environ.get(JUDGE_ENV, "").strip():
+            raise
+        log.warning(
+            "autojudge: vLLM %s is not one the plugin was written for; not installed", vllm.__version__
+        )
+        return
+    _install()
+
+
+def _install() -> None:
+    from vllm.config import get_current_vllm_config_or_none
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+    from vllm.v1.sample.rejection_sampler import RejectionSampler
+
+    _installed.update(lp=LogitsProcessor.forward, lp_init=LogitsProcessor.__init__,
+                      rs=RejectionSampler.forward, rs_init=RejectionSampler.__init__)  # fmt: skip
+
+    def lp_init(self, *args, **kwargs):
+        _installed["lp_init"](self, *args, **kwargs)
+        config = get_current_vllm_config_or_none()
+        if (
+            config is None
+            or config.speculative_config is None
+            or not judge_config(config.additional_config)[0]
+        ):
+            return
+        if config.use_v2_model_runner:
+            raise ConfigError(
+                "autojudge: this engine has a judge but runs vLLM's V2 model runner, whose rejection sampler "
+                "the plugin does not wrap; set VLLM_USE_V2_MODEL_RUNNER=0"
+            )
 
     def lp_forward(self, lm_head, hidden_states, *args, **kwargs):
-        _state.hidden = hidden_states
-        return _installed["lp"](self, lm_head, hidden_states, *args, **kwargs)
+        logits = _installed["lp"](self, lm_head, hidden_states, *args, **kwargs)
+        if _last["capture"]:
+            _last.update(hidden=hidden_states, logits=logits)
+        return logits
+
+    def rs_init(self, *args, **kwargs):
+        _installed["rs_init"](self, *args, **kwargs)
+        config = get_current_vllm_config_or_none()  # set while a worker builds its model runner
+        self.autojudge_rule = engine_rule(config)
+        if self.autojudge_rule is not None:
+            _last["capture"] = True
+            _wrap_warmup()
+            log.info("autojudge: judge-gated verification on (judge=%s, threshold=%s)",
+                     self.autojudge_rule.spec, self.autojudge_rule.threshold)  # fmt: skip
 
     def rs_forward(self, metadata, draft_probs, logits, sampling_metadata):
+        rule = getattr(self, "autojudge_rule", None)
+        if rule is None or _last["warmup"]:
+            return _installed["rs"](self, metadata, draft_probs, logits, sampling_metadata)
+        hidden = _last["hidden"]
+        if logits is not _last["logits"] or hidden is None or hidden.shape[0] != logits.shape[0]:
+            raise RuntimeError(
+                "autojudge vLLM plugin: the logits to verify are not those of the last LogitsProcessor call "
+                f"({logits.shape[0]} rows; hidden rows: {None if hidden is None else hidden.shape[0]}); this vLLM "
+                "computes logits in a way the plugin does not know"
+            )
         raw = logits.clone()  # vLLM may update logits in place
         out = _installed["rs"](self, metadata, draft_probs, logits, sampling_metadata)
-        hidden = getattr(_state, "hidden", None)
-        if hidden is None or hidden.shape[0] != raw.shape[0]:
-            raise RuntimeError(
-                f"autojudge vLLM plugin: {0 if hidden is None else hidden.shape[0]} hidden rows for "
-                f"{raw.shape[0]} logits rows; this vLLM computes logits in a way the plugin does not know"
-            )
         out.sampled_token_ids = judge_windows(
             rule, metadata, raw, hidden, sampling_metadata, out.sampled_token_ids
         )
         return out
 
-    cls_lp.forward, cls_rs.forward = lp_forward, rs_forward
-    log.info("autojudge: judge-gated verification on (judge=%s, threshold=%s)", spec, rule.threshold)
+    LogitsProcessor.__init__, LogitsProcessor.forward = lp_init, lp_forward
+    RejectionSampler.__init__, RejectionSampler.forward = rs_init, rs_forward
+
+
+def _wrap_warmup() -> None:
+    """Let vLLM's start-up sampler warm-up (random logits, no hidden states) through unjudged."""
+    if "warmup" in _installed:
+        return
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    _installed["warmup"] = GPUModelRunner._dummy_sampler_run
+
+    def dummy_sampler_run(self, *args, **kwargs):
+        _last["warmup"] = True
+        try:
+            return _installed["warmup"](self, *args, **kwargs)
+        finally:
+            _last["warmup"] = False
+
+    GPUModelRunner._dummy_sampler_run = dummy_sampler_run
 
 
 def judge_windows(rule: JudgeRule, metadata, logits, hidden, sampling, sampled):

@@ -122,3 +122,41 @@ def test_a_dt_judge_gates_by_its_threshold(tmp_path):
     assert rule.threshold == 0.6
     assert rule.unimportant(torch.tensor([[0.0], [3.0]])).tolist() == [True, False]
     assert plugin.JudgeRule(str(tmp_path), "0.4").unimportant(torch.tensor([[0.0]])).tolist() == [False]
+
+
+def test_an_engines_section_decides_over_the_environment(monkeypatch):
+    monkeypatch.setenv(plugin.JUDGE_ENV, "accept-all")
+    monkeypatch.setenv(plugin.THRESHOLD_ENV, "0.3")
+    assert plugin.judge_config({}) == ("accept-all", "0.3")  # no section: the environment
+    assert plugin.judge_config(None) == ("accept-all", "0.3")
+    assert plugin.judge_config({"autojudge": {"judge": None, "threshold": None}}) == (None, None)
+    assert plugin.judge_config({"autojudge": {"judge": "reject-all", "threshold": 0.7}}) == (
+        "reject-all",
+        0.7,
+    )
+    monkeypatch.delenv(plugin.JUDGE_ENV)
+    assert plugin.engine_rule(SimpleNamespace(additional_config={})) is None
+    assert (
+        plugin.engine_rule(
+            SimpleNamespace(additional_config={"autojudge": {"judge": "accept-all"}})
+        ).threshold
+        == 0.5
+    )
+
+
+def test_a_malformed_section_is_refused():
+    from autojudge_eval.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="expected"):
+        plugin.judge_config({"autojudge": {"judge": "accept-all", "threshhold": 0.5}})
+
+
+def test_register_on_another_version_installs_nothing_or_raises_when_a_judge_is_set(monkeypatch, caplog):
+    monkeypatch.setitem(__import__("sys").modules, "vllm", SimpleNamespace(__version__="0.34.0"))
+    monkeypatch.setattr(plugin, "_installed", {})
+    monkeypatch.delenv(plugin.JUDGE_ENV, raising=False)
+    plugin.register()
+    assert plugin._installed == {} and "not one the plugin was written for" in caplog.text
+    monkeypatch.setenv(plugin.JUDGE_ENV, "accept-all")
+    with pytest.raises(RuntimeError, match="written for vLLM 0.32"):
+        plugin.register()
