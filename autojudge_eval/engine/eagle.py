@@ -25,7 +25,7 @@ import torch
 
 from autojudge_eval.engine.drafters import Proposal
 from autojudge_eval.engine.kv_cache import KVCache
-from autojudge_eval.engine.stack import LayerStack, causal_mask
+from autojudge_eval.engine.stack import LayerStack, cache_keyword, causal_mask
 from autojudge_eval.errors import ModelLoadError
 
 # Tensor names of a public EAGLE(-1) checkpoint's layer for a Llama target (vLLM's ``llama_eagle`` reads these,
@@ -56,6 +56,7 @@ class EagleHead(torch.nn.Module):
         self.config = config
         self.fc = torch.nn.Linear(2 * hidden, hidden, bias=fc_bias)
         self.layer = layer_class(config, layer_idx=0)
+        self.cache_kw = cache_keyword(self.layer)
         self.layer.input_layernorm = torch.nn.Identity()  # EAGLE's layer 0 reads fc's output unnormalised
         self.hidden_size = hidden
 
@@ -90,8 +91,8 @@ class EagleHead(torch.nn.Module):
             attention_mask=mask,
             position_embeddings=rope,
             position_ids=positions,
-            cache=cache,
             use_cache=cache is not None,
+            **{self.cache_kw: cache},
         )
         return out[0] if isinstance(out, tuple) else out
 

@@ -7,6 +7,7 @@ self-draft run the target's first layers and the verifier run only the rest.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -17,6 +18,22 @@ from autojudge_eval.errors import ModelLoadError
 
 # Families whose decoder forward is exactly: embed -> layers(mask, rope) -> norm -> lm_head.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def cache_keyword(layer: torch.nn.Module) -> str:
+    """The name under which ``layer``'s forward takes its KV cache.
+
+    transformers up to 5.19 calls it ``past_key_values``, later releases ``cache``. A wrong name lands in
+    ``**kwargs`` and is ignored without a word, so every step would attend to its own tokens only.
+    """
+    params = inspect.signature(type(layer).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise ModelLoadError(
+        f"{type(layer).__name__}.forward takes neither `cache` nor `past_key_values`: this transformers "
+        "version is not supported by the speculative engine"
+    )
 
 
 class LayerStack:
@@ -40,6 +57,7 @@ class LayerStack:
         self.rotary_emb = inner.rotary_emb
         self.lm_head = model.lm_head
         self.num_layers = len(self.layers)
+        self.cache_kw = cache_keyword(self.layers[0])
         self.hidden_size = model.config.hidden_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -73,8 +91,8 @@ class LayerStack:
                 attention_mask=mask,
                 position_embeddings=rope,
                 position_ids=positions,
-                cache=cache,
                 use_cache=True,
+                **{self.cache_kw: cache},
             )
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden

@@ -84,3 +84,29 @@ def test_row_steps_at_different_lengths_match_uncached_forwards():
     with torch.no_grad():
         want = stack.model(full.view(1, -1)).logits[0, -2:]
     torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_keyword_follows_the_layer_signature():
+    """transformers <= 5.19 names the layer's cache `past_key_values`, later ones `cache`; a wrong name is
+    swallowed by **kwargs and decoding silently loses its context, so the stack asks the signature."""
+    import pytest
+
+    from autojudge_eval.engine.stack import cache_keyword
+    from autojudge_eval.errors import ModelLoadError
+
+    class Old(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+            return hidden_states
+
+    class New(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+            return hidden_states
+
+    class Neither(torch.nn.Module):
+        def forward(self, hidden_states, **kwargs):
+            return hidden_states
+
+    assert cache_keyword(Old()) == "past_key_values"
+    assert cache_keyword(New()) == "cache"
+    with pytest.raises(ModelLoadError, match="neither"):
+        cache_keyword(Neither())

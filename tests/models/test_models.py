@@ -86,6 +86,30 @@ def test_default_pair_lossless_equals_target(default_pair):
 
 
 @pytest.mark.slow
+def test_default_target_only_equals_hf_generate(default_pair):
+    """The engine's KV-cached greedy loop against transformers' own generate, on the real model. Lossless ==
+    target cannot catch a cache the layers ignore (both go wrong alike): transformers <= 5.19 took the
+    cache as `past_key_values`, so passing `cache=` decoded runs of '-' there. tox -e vllm (transformers
+    < 5.20) runs this test too."""
+    import torch
+
+    from autojudge_eval.benchmarks.prompts import chat_prompt_ids, gsm8k_messages
+
+    prompt = chat_prompt_ids(
+        default_pair.tokenizer, gsm8k_messages("Tom has 3 apples and buys 5 more. How many?")
+    )
+    ours, _ = default_pair.generate(prompt, DecodeConfig(mode="target", max_new_tokens=24))
+    with torch.inference_mode():
+        ref = default_pair.target.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=list(default_pair.eos_ids),
+        )[0, len(prompt) :].tolist()
+    assert ours == ref[: len(ours)] and len(ours) > 0
+
+
+@pytest.mark.slow
 def test_default_adapter_card_matches_the_default_target(default_pair):
     drafter = default_pair.drafter
     assert drafter is not None and 1 <= drafter.exit_layer < 30
