@@ -44,6 +44,15 @@ def tiny_llama(seed: int = 0, *, layers: int = 4, hidden: int = 64, vocab: int =
     return model
 
 
+def random_prompts(n: int, seed: int = 0, vocab: int = 96) -> list[list[int]]:
+    """``n`` prompts of 1 to 11 random token ids below ``vocab`` (the tiny models' vocabulary)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(0, vocab, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
+
+
 @pytest.fixture(autouse=True)
 def hub_offline_env_restored():
     """``autojudge-eval`` sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE for its process when the data is local;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import random_prompts, tiny_llama
 
 from autojudge_eval.engine.acceptance import ExactMatch, JudgeAccept, TopK, constant_judge
 from autojudge_eval.engine.decoding import StopCriteria, speculative_generate
@@ -32,11 +32,7 @@ def near_draft(target) -> LayerStack:
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        torch.randint(0, VOCAB, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
-        for _ in range(n)
-    ]
+    return random_prompts(n, seed, VOCAB)
 
 
 def greedy(stack, prompt, n=24):

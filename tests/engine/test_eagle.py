@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import random_prompts, tiny_llama
 
 from autojudge_eval.config import parse_model_spec
 from autojudge_eval.engine.acceptance import ExactMatch
@@ -41,11 +41,7 @@ def saved(tmp_path, stack, head, *, name="head", card=None, vocab=None):
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        torch.randint(0, VOCAB, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
-        for _ in range(n)
-    ]
+    return random_prompts(n, seed, VOCAB)
 
 
 def greedy(stack, prompt, n=24):
