@@ -657,7 +657,7 @@ def cmd_fit_eagle(args) -> int:
         "date": now(),
     }
     out = Path(args.out)
-    save_eagle(out, head, pair.stack, vocab=token_order(rows, len(order)), card=card, dtype=save_dtype)
+    save_eagle(out, head, pair.stack, vocab=order, card=card, dtype=save_dtype)  # the measured vocabulary
     print(
         f"saved the EAGLE head to {out}/ (config.json, model.safetensors, draft_vocab.safetensors, autojudge.json)"
     )
