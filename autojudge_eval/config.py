@@ -42,6 +42,26 @@ NGRAM_DEFAULTS = {
 }  # the ngram drafter's suffix lengths (engine.ngram)  # benchmarks whose judges ship in judges/<task>/<pair>/
 
 
+DEFAULT_DRAFT = "self:default"  # the default target's draft when none is named (a spec string)
+# What a sweep.json or baseline.json that recorded no draft (``null``, written before drafts were resolved and
+# recorded) ran: the default target's committed self-draft, the only default there had been; other targets
+# had none.
+UNRECORDED_DRAFT = "self:default"
+
+
+def default_draft(target: str) -> str:
+    """The draft spec used when none is named: :data:`DEFAULT_DRAFT` for the default target, else "none"."""
+    return DEFAULT_DRAFT if str(target).strip() == "default" else "none"
+
+
+def recorded_draft(draft: str | None, target: str) -> str:
+    """A draft as a results file recorded it, with the ``null`` of files older than the recording resolved
+    to what those runs used (:data:`UNRECORDED_DRAFT` for the default target, else "none")."""
+    if draft is not None:
+        return draft
+    return UNRECORDED_DRAFT if str(target).strip() == "default" else "none"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the user asked for, resolved to one of four kinds."""

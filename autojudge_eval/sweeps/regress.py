@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from autojudge_eval.config import parse_judge_spec
+from autojudge_eval.config import default_draft, parse_judge_spec, recorded_draft
 from autojudge_eval.errors import ConfigError, DataError
 from autojudge_eval.sweeps.runs import PointResult, agreement, read_run, speedup, target_of
 from autojudge_eval.sweeps.sweep import SweepSpec, environment, method_points, run_sweep
@@ -71,6 +71,7 @@ class RegressConfig:
         """What the baseline must have been measured on (threads and tolerances aside)."""
         data = dataclasses.asdict(self)
         del data["tolerances"], data["threads"]
+        data["draft"] = self.draft or default_draft(self.target)  # the pair measured, named
         return json.loads(json.dumps(data))  # tuples as lists, as read back from JSON
 
 
@@ -188,7 +189,9 @@ def read_baseline(path: Path) -> dict:
 
 def slice_difference(config: RegressConfig, baseline: dict) -> str | None:
     """None when the baseline was measured on this config's slice, else what differs."""
-    ours, theirs = config.slice(), baseline.get("slice", {})
+    ours, theirs = config.slice(), dict(baseline.get("slice", {}))
+    if "draft" in theirs:  # a baseline recorded before drafts were resolved says null: name what it ran
+        theirs["draft"] = recorded_draft(theirs["draft"], theirs.get("target", "default"))
     diff = [f"{k}: baseline {theirs.get(k)!r}, config {v!r}" for k, v in ours.items() if theirs.get(k) != v]
     return "; ".join(diff) or None
 

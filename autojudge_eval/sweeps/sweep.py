@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from autojudge_eval.config import MODES
+from autojudge_eval.config import MODES, default_draft, recorded_draft
 from autojudge_eval.errors import ConfigError
 from autojudge_eval.harness.lm_eval_call import LmEvalCall
 from autojudge_eval.provenance import environment as provenance_environment
@@ -93,7 +93,7 @@ class SweepSpec:
 
     task: str
     target: str = "default"
-    draft: str | None = None  # None: the backend's default (self:default for target=default)
+    draft: str | None = None  # None: config.default_draft(target); run_sweep records the resolved spec
     judge: str | None = None  # a judge folder or .safetensors file, or accept-all / reject-all
     window: int = 4
     limit: int | None = None  # the first N documents of the task
@@ -104,6 +104,12 @@ class SweepSpec:
     threads: int | None = None  # torch CPU threads (OMP_NUM_THREADS in the commands)
     interleave: bool = False  # every method timed back to back in the target point's run; others replay it
 
+    def resolved(self) -> SweepSpec:
+        """These settings with the draft named: the default one when none was given. A sweep records and
+        passes the resolved draft, so its commands and its resume check do not depend on the default of the
+        day (a sweep started on one default pair is not silently continued on another)."""
+        return dataclasses.replace(self, draft=self.draft or default_draft(self.target))
+
     def call(self, point: MethodPoint, output_path: Path, extra: dict | None = None) -> LmEvalCall:
         """The lm-eval invocation of one point (``extra``: more model_args, e.g. the interleaving ones)."""
         from lm_eval.utils import simple_parse_args_string
@@ -112,9 +118,7 @@ class SweepSpec:
             raise ConfigError(
                 "method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)"
             )
-        args: dict = {"target": self.target}
-        if self.draft:
-            args["draft"] = self.draft
+        args: dict = {"target": self.target, "draft": self.draft or default_draft(self.target)}
         args["mode"] = point.mode
         if point.mode != "target":
             args["window"] = self.window
@@ -163,6 +167,7 @@ def run_sweep(
 ) -> list[Path]:
     """Run every point not finished yet into ``run_dir/<point name>/``; return the point folders in order."""
     run_dir = Path(run_dir)
+    spec = spec.resolved()
     _check_points(spec, points)
     session = _open_run(spec, points, run_dir, command)
     if spec.threads:
@@ -313,6 +318,7 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     settings = dataclasses.asdict(spec)
     if sweep_file.is_file():
         sweep = json.loads(sweep_file.read_text())
+        _resolve_unrecorded_draft(sweep)
         if _judge_added(sweep, settings, run_dir):
             sweep["settings"] = settings  # the judge only enters autojudge points, and none has run
         if _limit_grown(sweep, settings):
@@ -336,6 +342,13 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     env["sessions"].append(environment(command, spec.threads))
     _write_json(env_file, env)
     return len(env["sessions"]) - 1
+
+
+def _resolve_unrecorded_draft(sweep: dict) -> None:
+    """A sweep.json written before drafts were recorded says ``"draft": null``: name the draft it ran."""
+    old = sweep.get("settings", {})
+    if "draft" in old and old["draft"] is None:
+        old["draft"] = recorded_draft(None, old.get("target", "default"))
 
 
 def _check_judge_unchanged(sweep: dict, judge: str | None, run_dir: Path) -> None:

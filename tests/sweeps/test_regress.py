@@ -3,6 +3,7 @@ fails with a readable diff, a missing judge that is skipped, and the committed c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -242,9 +243,22 @@ def test_committed_config_reads_and_names_the_default_pairs_judge_folder():
     config = load_config(REPO / "results" / "baseline" / "tolerances.toml")
     assert {t.name for t in config.tasks} == {"autojudge_gsm8k", "autojudge_humaneval"}
     assert config.target == "default" and config.tolerances.speedup_rel > 0
-    bench = json.loads(next((REPO / "results" / "bench").glob("*.json")).read_text())
+    assert config.draft == "self:default"  # pinned: a change of the default draft leaves the gate's pair
+    benches = [json.loads(p.read_text()) for p in sorted((REPO / "results" / "bench").glob("*.json"))]
+    pairs = {b["config"]["pair"] for b in benches if b["config"]["pair"].endswith(f"|{config.draft}")}
+    assert len(pairs) == 1, pairs  # a bench of the gate's pair, which records the target's full name
     gsm8k = next(t for t in config.tasks if t.name == "autojudge_gsm8k")
-    assert gsm8k.judge == f"judges/gsm8k/{slug(bench['config']['pair'])}/DD-DT"  # train's default folder
+    assert gsm8k.judge == f"judges/gsm8k/{slug(pairs.pop())}/DD-DT"  # train's default folder
+
+
+def test_a_baseline_that_recorded_no_draft_is_read_as_the_self_draft_it_ran():
+    from autojudge_eval.sweeps.regress import slice_difference
+
+    config = load_config(REPO / "results" / "baseline" / "tolerances.toml")
+    baseline = {"slice": {**config.slice(), "draft": None}}  # as baselines recorded before this change
+    assert slice_difference(config, baseline) is None
+    other = dataclasses.replace(config, draft="ngram")
+    assert "draft: baseline 'self:default', config 'ngram'" in slice_difference(other, baseline)
 
 
 def test_bad_config_names_the_problem(tmp_path):

@@ -314,3 +314,26 @@ def test_an_interleaved_sweep_grows_its_limit_decoding_only_the_new_documents(
 
     with pytest.raises(ConfigError, match="limit: 3 -> 2"):  # shrinking would drop scored documents
         run_sweep(tiny_spec(tiny_pair_dirs, interleave=True, limit=2), POINTS, run_dir)
+
+
+def test_a_sweep_records_the_draft_it_ran_not_the_default_of_the_day(tmp_path):
+    """No --draft: the sweep names the resolved default in sweep.json and in every command, so a later change
+    of the default draft cannot silently continue it on another pair; a sweep.json from before drafts were
+    recorded ("draft": null) is read as the self-draft it ran."""
+    assert SweepSpec(task="t").resolved().draft == "self:default"
+    assert SweepSpec(task="t", target="org/name").resolved().draft == "none"
+    assert (
+        dict(SweepSpec(task="t").call(MethodPoint("lossless"), tmp_path).model_args)["draft"]
+        == "self:default"
+    )
+
+    run_dir = tmp_path / "legacy"
+    run_sweep(SweepSpec(task="t"), [], run_dir)  # no points: only the run folder's files
+    sweep = json.loads((run_dir / "sweep.json").read_text())
+    assert sweep["settings"]["draft"] == "self:default"
+    sweep["settings"]["draft"] = None  # as every sweep.json written before this change says
+    (run_dir / "sweep.json").write_text(json.dumps(sweep))
+    with pytest.raises(ConfigError, match="draft: 'self:default' -> 'ngram'"):
+        run_sweep(SweepSpec(task="t", draft="ngram"), [], run_dir)
+    run_sweep(SweepSpec(task="t", draft="self:default"), [], run_dir)  # the same pair: resumes
+    assert json.loads((run_dir / "sweep.json").read_text())["settings"]["draft"] == "self:default"
