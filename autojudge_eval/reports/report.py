@@ -88,7 +88,8 @@ def leaderboard(points: list[PointResult], behaviour: dict | None = None) -> pd.
         target = target_of(p, points)
         rate_ci, ratio_ci = bootstrap_speed(p, target)
         rows.append({
-            "task": p.task, "pair": p.pair, "run": p.run_id, "method": p.name, "mode": p.mode,
+            "task": p.task, "pair": p.pair, "engine": p.engine, "batch_size": p.batch_size, "run": p.run_id,
+            "method": p.name, "mode": p.mode,
             "topk": p.topk, "threshold": p.threshold, "window": p.window, "judge": p.judge,
             "metric": p.metric, "accuracy": p.accuracy, "stderr": p.stderr, "docs": p.n_docs,
             **_agreement_columns("agreement", agreement(p, target)),
@@ -131,6 +132,7 @@ def display_table(frame: pd.DataFrame, first_ref: int = 1) -> pd.DataFrame:
     several_runs = frame["run"].nunique() > 1
     out = pd.DataFrame({
         **({"run": frame["run"]} if several_runs else {}),
+        "engine": [f"{e} · batch {b}" for e, b in zip(frame["engine"], frame["batch_size"], strict=True)],
         "method": frame["method"],
         "accuracy ± se": [_pm(a, s) for a, s in zip(frame["accuracy"], frame["stderr"], strict=True)],
         "same answer as target [95% CI] (k/n)": _agreement_cells(frame, "agreement"),
@@ -324,7 +326,9 @@ def markdown_table(table: pd.DataFrame) -> str:
         [str(v) for v in row] for row in table.itertuples(index=False)
     ]
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("---" if c in ("run", "method") else "---:" for c in table.columns) + "|")
+    lines.insert(
+        1, "|" + "|".join("---" if c in ("run", "engine", "method") else "---:" for c in table.columns) + "|"
+    )
     return "\n".join(lines)
 
 

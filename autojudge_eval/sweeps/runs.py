@@ -55,6 +55,8 @@ class PointResult:
     # docs (their tests) by the samples' doc_id and doc_hash
     samples: Path | None = field(repr=False, default=None)
     include_path: str | None = field(repr=False, default=None)
+    engine: str = "hf"  # hf: --model autojudge; vllm: --model autojudge-vllm
+    batch_size: str = "1"  # lm-eval's batch size as it recorded it ("auto" resolved to a number or "auto")
 
     @property
     def tokens_per_s(self) -> float:
@@ -150,8 +152,9 @@ def read_point(folder: Path, run_id: str) -> PointResult:
         task=task, pair=str(info.get("pair", "?")), window=int(info.get("window", 0)),
         judge=str(info.get("judge", "none")), metric=metric, accuracy=accuracy, stderr=stderr,
         speed=info.get("speed", {}).get(task, {}).get("generate_until", {}), command=point["command"],
-        n_docs=len(docs), docs=docs, answers=answers, samples=samples_file,
+        n_docs=len(answers), docs=docs, answers=answers, samples=samples_file,
         include_path=_option(point.get("argv", []), "--include_path"),
+        engine=str(info.get("engine", "hf")), batch_size=str(results.get("config", {}).get("batch_size", 1)),
     )  # fmt: skip
 
 
@@ -188,6 +191,8 @@ def read_samples(samples_file: Path, filter_name: str) -> tuple[dict[int, DocSpe
             for args in sample.get("arguments", {}).values()
             if isinstance(args.get("arg_2"), dict) and "autojudge" in args["arg_2"]
         ]
+        if any(r.get("scope") == "batch" for r in records):
+            continue  # a batch's figures (vLLM), the same on each of its documents: no time of its own
         if records:
             docs[doc] = DocSpeed(
                 sum(r["new_tokens"] for r in records), sum(r["wall_time_s"] for r in records)

@@ -51,6 +51,10 @@ SCHEMA_ENV = "autojudge-sweep-env/1"
 METHODS = MODES  # a sweep point is one decoding mode (config.MODES)
 # environment that changes what a run does; copied into each point's command when set
 ENV_KEYS = ("AUTOJUDGE_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+VLLM_ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_PLUGINS")  # ... and vLLM's, for --engine vllm
+ENGINES = ("hf", "vllm")
+VLLM_DEFAULT_DRAFT = "ngram"  # vLLM's prompt-lookup proposer (vllm.backend.speculative_config)
+VLLM_METHODS = ("target", "lossless", "autojudge")  # what --model autojudge-vllm runs (no topk there)
 POINT_FILE = "point.json"
 
 
@@ -103,11 +107,19 @@ class SweepSpec:
     model_args: str | None = None  # more backend model_args, e.g. "dtype=bfloat16"
     threads: int | None = None  # torch CPU threads (OMP_NUM_THREADS in the commands)
     interleave: bool = False  # every method timed back to back in the target point's run; others replay it
+    engine: str = "hf"  # hf: --model autojudge (this project's engine); vllm: --model autojudge-vllm
+    batch_size: str | None = (
+        None  # lm-eval's --batch_size; vllm: "auto" (throughput) unless given, 1: latency
+    )
 
     def resolved(self) -> SweepSpec:
         """These settings with the draft named: the default one when none was given. A sweep records and
         passes the resolved draft, so its commands and its resume check do not depend on the default of the
-        day (a sweep started on one default pair is not silently continued on another)."""
+        day (a sweep started on one default pair is not silently continued on another). On vLLM the default
+        draft is its ``ngram`` proposer and the default batch lm-eval's ``auto``."""
+        if self.engine == "vllm":
+            return dataclasses.replace(self, draft=self.draft or VLLM_DEFAULT_DRAFT,
+                                       batch_size=self.batch_size or "auto")  # fmt: skip
         return dataclasses.replace(self, draft=self.draft or default_draft(self.target))
 
     def call(self, point: MethodPoint, output_path: Path, extra: dict | None = None) -> LmEvalCall:
@@ -118,6 +130,8 @@ class SweepSpec:
             raise ConfigError(
                 "method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)"
             )
+        if self.engine == "vllm":
+            return self._vllm_call(point, output_path, extra)
         args: dict = {"target": self.target, "draft": self.draft or default_draft(self.target)}
         args["mode"] = point.mode
         if point.mode != "target":
@@ -142,7 +156,37 @@ class SweepSpec:
             apply_chat_template=self.apply_chat_template,
             gen_kwargs=tuple(simple_parse_args_string(self.gen_kwargs or "").items()),
             env=tuple(env.items()),
+            batch_size=self.batch_size,
         )
+
+    def _vllm_call(self, point: MethodPoint, output_path: Path, extra: dict | None) -> LmEvalCall:
+        """The point as ``lm_eval --model autojudge-vllm`` (``vllm.backend``): the target, vLLM's proposer
+        (``draft``), the window, the judge and its threshold; vLLM's own arguments come in ``model_args``."""
+        from lm_eval.utils import simple_parse_args_string
+
+        # the draft and window even for target-only, which ignores them: its pair then names its sweep's
+        args: dict = {
+            "pretrained": self.target,
+            "mode": point.mode,
+            "draft": self.draft or VLLM_DEFAULT_DRAFT,
+        }
+        args["window"] = self.window
+        if point.mode == "autojudge":
+            args["judge"] = self.judge
+            if point.threshold is not None:
+                args["threshold"] = point.threshold
+        args.update(extra or {})
+        args.update(simple_parse_args_string(self.model_args or ""))
+        env = {k: os.environ[k] for k in (*ENV_KEYS, *VLLM_ENV_KEYS) if os.environ.get(k)}
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return LmEvalCall(
+            model_args=tuple(args.items()), task=self.task, include_path=self.include_path,
+            output_path=_display_path(output_path), limit=self.limit,
+            apply_chat_template=self.apply_chat_template,
+            gen_kwargs=tuple(simple_parse_args_string(self.gen_kwargs or "").items()),
+            env=tuple(env.items()), model="autojudge-vllm", batch_size=self.batch_size or "auto",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -243,6 +287,20 @@ def _interleaving(spec: SweepSpec, points: list[MethodPoint], run_dir: Path) -> 
 
 def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
     names = [p.name for p in points]
+    if spec.engine not in ENGINES:
+        raise ConfigError(f"engine {spec.engine!r}: choose from {', '.join(ENGINES)}")
+    if spec.engine == "vllm":
+        other = sorted({p.mode for p in points} - set(VLLM_METHODS))
+        if other:
+            raise ConfigError(
+                f"method {', '.join(other)} does not run on vLLM (its verification is greedy: "
+                f"{', '.join(VLLM_METHODS)}); drop it from --methods or use --engine hf"
+            )
+        if spec.interleave:
+            raise ConfigError(
+                "--interleave decodes every method inside one run of this project's engine; vLLM batches "
+                "requests, so each --engine vllm point is its own run, timed against its sweep's target point"
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"repeated method points: {', '.join(names)}")
     if any(p.mode == "autojudge" for p in points) and not spec.judge:
@@ -260,7 +318,8 @@ def _run_point(spec: SweepSpec, point: MethodPoint, folder: Path, session: int, 
     stage = folder.with_name(folder.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)  # a cut-off earlier attempt
     started, clock = now(), time.perf_counter()
-    dataclasses.replace(call, output_path=_display_path(stage)).run()
+    staged = dataclasses.replace(call, output_path=_display_path(stage))
+    staged.run_command() if spec.engine == "vllm" else staged.run()
     seconds = time.perf_counter() - clock
     results = sorted(stage.glob("*/results_*.json"))
     samples = sorted(stage.glob(f"*/samples_{spec.task}_*.jsonl"))
@@ -318,7 +377,7 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     settings = dataclasses.asdict(spec)
     if sweep_file.is_file():
         sweep = json.loads(sweep_file.read_text())
-        _resolve_unrecorded_draft(sweep)
+        _complete_old_settings(sweep)
         if _judge_added(sweep, settings, run_dir):
             sweep["settings"] = settings  # the judge only enters autojudge points, and none has run
         if _limit_grown(sweep, settings):
@@ -344,11 +403,14 @@ def _open_run(spec: SweepSpec, points: list[MethodPoint], run_dir: Path, command
     return len(env["sessions"]) - 1
 
 
-def _resolve_unrecorded_draft(sweep: dict) -> None:
-    """A sweep.json written before drafts were recorded says ``"draft": null``: name the draft it ran."""
+def _complete_old_settings(sweep: dict) -> None:
+    """Name what an older sweep.json leaves implicit: ``"draft": null`` (written before drafts were recorded)
+    is the draft it ran, and one without ``engine`` ran this project's engine at lm-eval's default batch."""
     old = sweep.get("settings", {})
     if "draft" in old and old["draft"] is None:
         old["draft"] = recorded_draft(None, old.get("target", "default"))
+    old.setdefault("engine", "hf")
+    old.setdefault("batch_size", None)
 
 
 def _check_judge_unchanged(sweep: dict, judge: str | None, run_dir: Path) -> None:

@@ -12,10 +12,13 @@ A thin subclass of ``lm_eval.models.vllm_causallms.VLLM``: everything vLLM takes
 - ``pretrained=default``: the embedded default model's converted folder (``models.loading``).
 
 Speed goes where ``--model autojudge`` puts it: each request's record in its arguments (the samples file's
-``arguments.gen_args_0.arg_2.autojudge``) and the totals in the results JSON (``config.autojudge.speed``).
-vLLM batches requests, so the records hold the batch's figures (``"scope": "batch"``): tokens/s of the
-whole ``generate_until`` call, accepted tokens per verification, the draft acceptance rate and the
-acceptance histogram by position, from vLLM's own speculative-decoding counters.
+``arguments.gen_args_0.arg_2.autojudge``) and into the results JSON (``config.autojudge``: ``speed``, the
+totals per task in the fields of ``--model autojudge``'s, and ``calls``, one record per call). vLLM batches
+requests, so the records hold the batch's figures (``"scope": "batch"``): tokens/s of the whole
+``generate_until`` call, accepted tokens per verification, the draft acceptance rate and the acceptance
+histogram by position, from vLLM's own speculative-decoding counters. ``pair`` names the target as
+``--model autojudge`` does and vLLM's proposer (``vllm-ngram:max=4,min=1``), so reports keep the engines'
+rows apart.
 """
 
 from __future__ import annotations
@@ -70,13 +73,14 @@ def speculative_config(draft: str, window: int, lookup_max: int, lookup_min: int
     raise ConfigError(f"draft={draft!r}: expected ngram, draft_model:PATH or eagle:PATH")
 
 
-def resolve_pretrained(pretrained: str) -> str:
+def resolve_target(pretrained: str) -> tuple[str, str]:
+    """(what vLLM loads, the target's name as ``--model autojudge`` records it in its pair)."""
     if pretrained != "default":
-        return pretrained
+        return pretrained, pretrained
     from autojudge_eval.models.loading import converted_gguf_folder, default_gguf_path
 
-    folder, _ = converted_gguf_folder(default_gguf_path())
-    return str(folder)
+    folder, name = converted_gguf_folder(default_gguf_path())
+    return str(folder), name
 
 
 def configure(mode: str | None, judge: str | None, threshold: float | None) -> tuple[str, str | None]:
@@ -159,6 +163,39 @@ def speed_record(before: dict, after: dict, seconds: float, mode: str) -> dict:
     }
 
 
+def speed_totals(records: list[dict]) -> dict:
+    """One task's speed over its ``generate_until`` calls, in the fields sweeps and reports read (as
+    ``--model autojudge``'s totals name them). ``tokens_per_call`` is new tokens per target step of a
+    sequence: each step of a request yields one token plus the draft tokens it accepted, so a request's steps
+    are its new tokens less its accepted ones (vLLM runs the steps of a batch's sequences in one forward)."""
+    new = sum(r["new_tokens"] for r in records)
+    wall = sum(r["wall_time_s"] for r in records)
+    verifications = sum(r["verifications"] for r in records)
+    proposed = sum(r["proposed_tokens"] for r in records)
+    accepted = sum(r["accepted_tokens"] for r in records)
+    width = max((len(r["accepted_by_position"]) for r in records), default=0)
+    by_position = [sum(r["accepted_by_position"][i] for r in records if i < len(r["accepted_by_position"]))
+                   for i in range(width)]  # fmt: skip
+    steps = new - accepted
+    return {
+        "scope": "batch", "calls": len(records), "new_tokens": new, "wall_time_s": wall,
+        "tokens_per_s": new / wall if wall > 0 else 0.0,
+        "tokens_per_call": new / steps if steps > 0 else 0.0,
+        "verifications": verifications, "accepted_per_cycle": accepted / verifications if verifications else 0.0,
+        "draft_acceptance_rate": accepted / proposed if proposed else 0.0, "proposed_tokens": proposed,
+        "accepted_tokens": accepted, "accepted_by_position": by_position,
+    }  # fmt: skip
+
+
+def pair_name(target_name: str, draft: str, lookup: tuple[int, int]) -> str:
+    """The leaderboard's pair for a vLLM run: the target as ``--model autojudge`` names it, and vLLM's
+    proposer (its ngram is vLLM's own implementation, so it is named apart from this project's ``ngram``).
+    A target-only run names the proposer it is the base for, as ``--model autojudge`` does."""
+    if draft == "ngram":
+        return f"{target_name}|vllm-ngram:max={lookup[0]},min={lookup[1]}"
+    return f"{target_name}|vllm-{draft}"
+
+
 def _backend_class():
     vllm_causallms = _lm_eval_vllm()
 
@@ -180,12 +217,15 @@ def _backend_class():
                 kwargs["speculative_config"] = speculative_config(draft, self.window, int(prompt_lookup_max),
                                                                   int(prompt_lookup_min))  # fmt: skip
             self.draft = draft if self.mode != "target" else "none"
+            loads, target_name = resolve_target(pretrained)
+            lookup = (int(prompt_lookup_max), int(prompt_lookup_min))
+            self.pair = pair_name(target_name, draft, lookup)
             if _on_cpu():  # vLLM's CPU build reserves RAM by these two settings (docs/vllm.md)
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
                 kwargs.setdefault("gpu_memory_utilization", 0.05)
             kwargs.setdefault("disable_log_stats", False)  # the speculative-decoding counters
-            super().__init__(pretrained=resolve_pretrained(pretrained), dtype=dtype, **kwargs)
-            self.speed: list[dict] = []
+            super().__init__(pretrained=loads, dtype=dtype, **kwargs)
+            self.speed: list[tuple[str, dict]] = []  # (task, the record of one generate_until call)
             if os.environ.get("TQDM_DISABLE"):  # vLLM 0.32's bar divides by its elapsed time, 0 when disabled
                 generate = self.model.generate
                 self.model.generate = lambda *a, **k: generate(*a, **{**k, "use_tqdm": False})
@@ -195,16 +235,22 @@ def _backend_class():
             texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
             seconds = time.perf_counter() - start
             record = speed_record(before, _counters(self.model), seconds, self.mode)
-            self.speed.append(record)
+            tasks = sorted({str(getattr(req, "task_name", None) or "?") for req in requests})
+            self.speed.append(("+".join(tasks), record))
             for req in requests:
                 req.arguments = (*req.arguments, {"autojudge": record})
             return texts
 
         def get_model_info(self) -> dict:
             info = super().get_model_info() if hasattr(super(), "get_model_info") else {}
-            return {**info, "autojudge": {"engine": "vllm", "mode": self.mode, "judge": self.judge_name,
-                                          "threshold": self.threshold, "draft": self.draft, "window": self.window,
-                                          "speed": self.speed}}  # fmt: skip
+            by_task: dict[str, list[dict]] = {}
+            for task, record in self.speed:
+                by_task.setdefault(task, []).append(record)
+            speed = {task: {"generate_until": speed_totals(recs)} for task, recs in by_task.items()}
+            return {**info, "autojudge": {"engine": "vllm", "pair": self.pair, "mode": self.mode,
+                                          "judge": self.judge_name, "threshold": self.threshold,
+                                          "draft": self.draft, "window": self.window, "speed": speed,
+                                          "calls": [record for _, record in self.speed]}}  # fmt: skip
 
     return AutojudgeVLLM
 

@@ -17,7 +17,9 @@ def load(name):
 hf, hf_samples = load("hf")
 vl, vl_samples = load("vllm")
 hf_speed = hf["config"]["autojudge"]["speed"]
-vl_speed = vl["config"]["autojudge"]["speed"]
+vl_speed = vl["config"]["autojudge"].get(
+    "calls", vl["config"]["autojudge"]["speed"]
+)  # before 2026-12-04: "speed"
 hf_tps = hf_speed["all"]["generate_until"]["tokens_per_s"]
 vl_new = sum(r["new_tokens"] for r in vl_speed)
 vl_wall = sum(r["wall_time_s"] for r in vl_speed)

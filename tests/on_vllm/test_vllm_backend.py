@@ -43,10 +43,60 @@ def _run(name: str, args: str, out: Path) -> tuple[dict, list[dict]]:
     return results, sorted(samples, key=lambda s: s["doc_id"])
 
 
+SWEPT = {"target": "target", "lossless": "lossless", "accept-all": "autojudge"}  # run name: point folder
+
+
+def _sweep(out: Path) -> Path:
+    """target, lossless and autojudge (accept-all) as ``autojudge-eval sweep --engine vllm``: the same runs
+    as ``_run`` would make, through the sweep's own commands and folders."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "autojudge_eval.cli.main", "sweep", "--engine", "vllm",
+        "--task", "autojudge_tiny_long", "--include-path", "tests/test_configs", "--methods",
+        "target,lossless,autojudge", "--judge", "accept-all", "--thresholds", "", "--window", "4",
+        "--model-args", "max_model_len=512", "--out", str(out), "--run-id", "swept",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return out / "swept"
+
+
+def _point(folder: Path) -> tuple[dict, list[dict]]:
+    results = json.loads(next(folder.rglob("results_*.json")).read_text())
+    samples = [json.loads(line) for line in next(folder.rglob("samples_*.jsonl")).read_text().splitlines()]
+    return results, sorted(samples, key=lambda s: s["doc_id"])
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def swept(tmp_path_factory):
+    return _sweep(tmp_path_factory.mktemp("vllm-sweep"))
+
+
+@pytest.fixture(scope="module")
+def runs(swept, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm-runs")
-    return {name: _run(name, args, out) for name, args in METHODS.items()}
+    found = {name: _point(swept / folder) for name, folder in SWEPT.items()}
+    found["reject-all"] = _run("reject-all", METHODS["reject-all"], out)
+    return found
+
+
+def test_a_vllm_sweep_reads_back_with_its_engine_ratios_and_commands(swept):
+    from autojudge_eval.reports.report import display_table, leaderboard
+    from autojudge_eval.sweeps.runs import read_run, speedup, target_of
+
+    points = read_run(swept)
+    assert [p.name for p in points] == ["target", "lossless", "autojudge"]
+    assert {p.engine for p in points} == {"vllm"} and {p.batch_size for p in points} == {"auto"}
+    assert len({p.pair for p in points}) == 1  # one leaderboard group: the target row is the sweep's base
+    for p in points:
+        assert p.command.split(" lm_eval ", 1)[1].startswith("--model autojudge-vllm ")
+        assert "--batch_size auto" in p.command and p.n_docs > 0 and p.tokens_per_s > 0
+        assert speedup(p, target_of(p, points)) > 0
+    lossless, judged = points[1], points[2]
+    assert lossless.accepted_per_cycle > 0 and judged.accepted_per_cycle > lossless.accepted_per_cycle
+    assert judged.tokens_per_call > lossless.tokens_per_call > 1
+    table = display_table(leaderboard(points))
+    assert set(table["engine"]) == {"vllm · batch auto"}
 
 
 def _texts(samples: list[dict]) -> list[str]:
@@ -54,7 +104,7 @@ def _texts(samples: list[dict]) -> list[str]:
 
 
 def _speed(results: dict) -> list[dict]:
-    return results["config"]["autojudge"]["speed"]
+    return results["config"]["autojudge"]["calls"]
 
 
 def test_lossless_equals_target(runs):
@@ -83,3 +133,11 @@ def test_speed_fields_reach_the_samples_and_the_results(runs):
         for field in ("tokens_per_s", "accepted_per_cycle", "draft_acceptance_rate", "accepted_by_position"):
             assert field in record
         assert record["scope"] == "batch" and record["new_tokens"] > 0
+    totals = info["speed"]["autojudge_tiny_long"]["generate_until"]  # what sweeps and reports read
+    calls = _speed(results)
+    assert totals["new_tokens"] == sum(r["new_tokens"] for r in calls)
+    assert totals["accepted_tokens"] == sum(r["accepted_tokens"] for r in calls) == totals["proposed_tokens"]
+    assert totals["tokens_per_call"] > 1 and totals["accepted_per_cycle"] > 0
+    assert (
+        info["pair"].startswith("SmolLM2-135M-Instruct.Q4_1.gguf@sha256:") and "|vllm-ngram:" in info["pair"]
+    )

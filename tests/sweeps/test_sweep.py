@@ -337,3 +337,31 @@ def test_a_sweep_records_the_draft_it_ran_not_the_default_of_the_day(tmp_path):
         run_sweep(SweepSpec(task="t", draft="ngram"), [], run_dir)
     run_sweep(SweepSpec(task="t", draft="self:default"), [], run_dir)  # the same pair: resumes
     assert json.loads((run_dir / "sweep.json").read_text())["settings"]["draft"] == "self:default"
+
+
+def test_a_vllm_sweep_runs_each_point_as_its_own_autojudge_vllm_command(tmp_path):
+    """--engine vllm: each point is ``lm_eval --model autojudge-vllm`` at lm-eval's batch (auto unless given),
+    with vLLM's ngram proposer by default; methods vLLM cannot run and --interleave are refused up front."""
+    spec = SweepSpec(
+        task="autojudge_gsm8k", engine="vllm", judge="j", limit=8, model_args="max_model_len=2048"
+    )
+    call = spec.call(MethodPoint("autojudge", threshold=0.2), tmp_path / "autojudge-t0.2")
+    words = call.argv()
+    assert words[:2] == ["--model", "autojudge-vllm"] and words[words.index("--batch_size") + 1] == "auto"
+    assert dict(call.model_args) == {
+        "pretrained": "default", "mode": "autojudge", "draft": "ngram", "window": 4, "judge": "j",
+        "threshold": 0.2, "max_model_len": 2048,
+    }  # fmt: skip
+    latency = SweepSpec(task="t", engine="vllm", batch_size="1").call(MethodPoint("target"), tmp_path)
+    assert latency.argv()[latency.argv().index("--batch_size") + 1] == "1"
+    assert SweepSpec(task="t", engine="vllm").resolved().draft == "ngram"
+    with pytest.raises(ConfigError, match="topk does not run on vLLM"):
+        run_sweep(SweepSpec(task="t", engine="vllm"), [MethodPoint("topk", topk=2)], tmp_path / "a")
+    with pytest.raises(ConfigError, match="--interleave decodes every method"):
+        run_sweep(
+            SweepSpec(task="t", engine="vllm", interleave=True), [MethodPoint("target")], tmp_path / "b"
+        )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert (
+        "--batch_size" not in SweepSpec(task="t").call(MethodPoint("target"), tmp_path).argv()
+    )  # hf: as before
