@@ -66,9 +66,9 @@ class Drafter(Protocol):
     ``kind`` says how mining predicts whole texts with it (``mining.rollout.draft_view``): ``"self"`` (an
     early exit inside the target's own cache: from the target's residuals), ``"model"`` (a network with its
     own cache: teacher-forced), ``"lookup"`` (no network: by lookup over the text so far) or ``"eagle"`` (a
-    head over the target's features; mining has no view of it yet). ``model`` is the draft network
-    (``FullModel``, ``EarlyExit`` or ``EagleModel``; None for a lookup) and ``hidden_size`` the size of the
-    hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
+    head over the target's features: teacher-forced on the features the rollouts record). ``model`` is the
+    draft network (``FullModel``, ``EarlyExit`` or ``EagleModel``; None for a lookup) and ``hidden_size`` the
+    size of the hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
     """
 
     calls: int
