@@ -55,9 +55,10 @@ class Drafter(Protocol):
     * ``propose(seq, k, with_hidden=...)`` once per cycle: K tokens after the committed ``seq`` ((T,) long),
       with the draft's hidden states when a DD judge needs them, and target states it computed anyway
       (``Proposal.reuse``) for the verifier to skip;
-    * ``observe(start, features)`` after the prefill and after each verify: the target's (n, H) normed last
-      hidden states at the committed positions ``[start, start + n)`` (an EAGLE head drafts from them; the
-      other drafters ignore them);
+    * ``observe(start, features)`` after each verify, and after the prefill for a drafter that
+      ``reads_features``: the target's (n, H) normed last hidden states at the committed positions
+      ``[start, start + n)`` (an EAGLE head drafts from them; the other drafters ignore them, and the loop
+      skips the final norm over the prefill that only they would read);
     * ``rollback(length)`` after verification: forget everything past ``length`` committed positions;
     * ``calls``: draft forwards (or lookups) since ``reset``.
 
@@ -76,6 +77,7 @@ class Drafter(Protocol):
     model: FullModel | EarlyExit | EagleModel | None
     hidden_size: int
     reuses_target_states: bool
+    reads_features: bool
 
     def reset(self, target_cache: KVCache) -> None: ...
 
@@ -198,6 +200,7 @@ class ModelDrafter:
 
     kind = "model"
     reuses_target_states = False
+    reads_features = False
 
     def __init__(self, model: FullModel | EarlyExit, device) -> None:
         self.model = model
@@ -240,6 +243,7 @@ class SelfDrafter:
 
     kind = "self"
     reuses_target_states = True
+    reads_features = False
 
     def __init__(self, exit_model: EarlyExit) -> None:
         self.model = exit_model
