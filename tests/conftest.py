@@ -53,6 +53,19 @@ def random_prompts(n: int, seed: int = 0, vocab: int = 96) -> list[list[int]]:
     ]
 
 
+def random_eagle_head(stack, seed: int = 3, *, fc_bias: bool = False):
+    """A one-layer EAGLE head for ``stack`` (a ``LayerStack``), every weight drawn from N(0, 0.2^2)."""
+    from autojudge_eval.engine.eagle import EagleHead
+    from autojudge_eval.models.eagle import head_config
+
+    torch.manual_seed(seed)
+    head = EagleHead(head_config({}, stack), type(stack.layers[0]), fc_bias=fc_bias)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.normal_(0, 0.2)
+    return head
+
+
 @pytest.fixture(autouse=True)
 def hub_offline_env_restored():
     """``autojudge-eval`` sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE for its process when the data is local;

@@ -631,24 +631,18 @@ def cmd_fit_eagle(args) -> int:
         print(f"  eagle, head {n}: {agreement[str(n)]:.1%}")
     if compare is not None:
         print(f"  {args.compare}: {compare:.1%}")
-    last = history[-20:]
     card = {
         "target": pair.target.name,
-        "data": f"gsm8k train, problems 0..{len(prompts) - 1}: the target's greedy answers to the zero-shot "
-        f"chat prompt (up to {args.max_new_tokens} tokens); held out: the last {len(held)}",
-        "problems": len(examples),
-        "heldout_problems": len(held),
-        "heldout_positions": agreement["positions"],
-        "train_tokens": sum(int(len(e.ids) - e.prompt_len) for e in train),
-        "steps": settings.steps,
-        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "final_loss": {k: sum(h[k] for h in last) / len(last) for k in ("loss", "reg", "cls")}
-        if last
-        else {},
-        "heldout_agreement": {k: round(v, 4) for k, v in agreement.items() if k != "positions"},
-        "compare": {"draft": args.compare, "heldout_agreement": round(compare, 4)}
-        if compare is not None
-        else None,
+        **eaglefit.head_card(
+            prompts=len(prompts),
+            max_new_tokens=args.max_new_tokens,
+            train=train,
+            held=held,
+            settings=settings,
+            history=history,
+            agreement=agreement,
+            compare=(args.compare, compare) if compare is not None else None,
+        ),
         "default_head_vocab": args.default_head,
         "dtype": str(save_dtype).replace("torch.", ""),
         "minutes": round(minutes, 1),

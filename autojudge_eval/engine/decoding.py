@@ -146,7 +146,7 @@ def speculative_generate(
         drafter.reset(cache)
     if len(seq) > 1:
         prefilled = target.run(target.embed(seq[:-1]), cache)  # every prompt token but the pending one
-        if drafter is not None:
+        if drafter is not None and drafter.reads_features:
             drafter.observe(0, target.norm(prefilled)[0])
     generated: list[int] = []
     while True:

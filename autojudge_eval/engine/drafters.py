@@ -55,9 +55,10 @@ class Drafter(Protocol):
     * ``propose(seq, k, with_hidden=...)`` once per cycle: K tokens after the committed ``seq`` ((T,) long),
       with the draft's hidden states when a DD judge needs them, and target states it computed anyway
       (``Proposal.reuse``) for the verifier to skip;
-    * ``observe(start, features)`` after the prefill and after each verify: the target's (n, H) normed last
-      hidden states at the committed positions ``[start, start + n)`` (an EAGLE head drafts from them; the
-      other drafters ignore them);
+    * ``observe(start, features)`` after each verify, and after the prefill for a drafter that
+      ``reads_features``: the target's (n, H) normed last hidden states at the committed positions
+      ``[start, start + n)`` (an EAGLE head drafts from them; the other drafters ignore them, and the loop
+      skips the final norm over the prefill that only they would read);
     * ``rollback(length)`` after verification: forget everything past ``length`` committed positions;
     * ``calls``: draft forwards (or lookups) since ``reset``.
 
@@ -66,9 +67,9 @@ class Drafter(Protocol):
     ``kind`` says how mining predicts whole texts with it (``mining.rollout.draft_view``): ``"self"`` (an
     early exit inside the target's own cache: from the target's residuals), ``"model"`` (a network with its
     own cache: teacher-forced), ``"lookup"`` (no network: by lookup over the text so far) or ``"eagle"`` (a
-    head over the target's features; mining has no view of it yet). ``model`` is the draft network
-    (``FullModel``, ``EarlyExit`` or ``EagleModel``; None for a lookup) and ``hidden_size`` the size of the
-    hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
+    head over the target's features: teacher-forced on the features the rollouts record). ``model`` is the
+    draft network (``FullModel``, ``EarlyExit`` or ``EagleModel``; None for a lookup) and ``hidden_size`` the
+    size of the hidden states a proposal carries (0: none, so DD-DT judges cannot run with it).
     """
 
     calls: int
@@ -76,6 +77,7 @@ class Drafter(Protocol):
     model: FullModel | EarlyExit | EagleModel | None
     hidden_size: int
     reuses_target_states: bool
+    reads_features: bool
 
     def reset(self, target_cache: KVCache) -> None: ...
 
@@ -198,6 +200,7 @@ class ModelDrafter:
 
     kind = "model"
     reuses_target_states = False
+    reads_features = False
 
     def __init__(self, model: FullModel | EarlyExit, device) -> None:
         self.model = model
@@ -240,6 +243,7 @@ class SelfDrafter:
 
     kind = "self"
     reuses_target_states = True
+    reads_features = False
 
     def __init__(self, exit_model: EarlyExit) -> None:
         self.model = exit_model

@@ -160,6 +160,7 @@ class EagleDrafter:
 
     kind = "eagle"
     reuses_target_states = False
+    reads_features = True
 
     def __init__(self, model: EagleModel) -> None:
         self.model = model

@@ -86,6 +86,7 @@ class NgramDrafter:
     model = None
     hidden_size = 0  # proposes no hidden states: DD-DT judges cannot run with it
     reuses_target_states = False
+    reads_features = False
 
     def __init__(self, n_max: int = DEFAULT_N_MAX, n_min: int = DEFAULT_N_MIN) -> None:
         self.index = NgramIndex(n_max, n_min)

@@ -70,7 +70,7 @@ class BatchMiner:
         if not isinstance(self.view, (SelfDraftView, LookupDraftView)):
             raise ConfigError(
                 "batched mining (--rows > 1) needs a self-draft (self:...) or a lookup drafter (ngram); "
-                "use --rows 1 for a separate draft model"
+                "use --rows 1 for a separate draft model or an EAGLE head"
             )
         self.stack = stack
         self.eos = frozenset(int(i) for i in eos_ids)

@@ -9,7 +9,8 @@ continue greedily". Three things make that cheap here:
   replaced): a continuation that re-joins the old text costs one forward per window instead of one per token.
   Greedy verification keeps the output the target's own greedy continuation;
 * draft predictions for a whole text come from one pass: for a self-draft from the layer-L residuals the
-  target computed anyway, for a separate draft model from one teacher-forced forward.
+  target computed anyway, for a separate draft model from one teacher-forced forward, for an EAGLE head from
+  one teacher-forced head pass over the target's last hidden states (which the rollouts then record).
 
 Cache convention: a cache of length c holds the positions ``seq[:c]``; a rollout feeds ``seq[c:]`` first.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from autojudge_eval.engine.drafters import Drafter, EarlyExit, FullModel
+from autojudge_eval.engine.eagle import EagleModel
 from autojudge_eval.engine.kv_cache import KVCache
 from autojudge_eval.engine.ngram import NgramIndex
 from autojudge_eval.engine.stack import LayerStack
@@ -36,6 +38,7 @@ class Rollout:
     fed_start: int  # absolute position of the first token this rollout fed
     first_hidden: torch.Tensor  # (q0, H) target's last hidden states over the first feed
     residuals: torch.Tensor | None  # (n, H) layer-L residuals of the fed positions from fed_start
+    features: torch.Tensor | None = None  # (n, H) last hidden states of the fed positions, when captured
     forwards: int = 0
     proposed: int = 0
     accepted: int = 0
@@ -47,12 +50,14 @@ class Rollout:
 
 @dataclass
 class TargetRunner:
-    """Greedy rollouts of the target, optionally recording the layer-``capture_layer`` residuals."""
+    """Greedy rollouts of the target, optionally recording the layer-``capture_layer`` residuals and (with
+    ``capture_features``) the last hidden states of every fed position, not only those of the first feed."""
 
     stack: LayerStack
     capture_layer: int | None = None
     lookahead: int = 8  # old-text tokens verified per forward (0: one token per forward)
     ngram: int = 3
+    capture_features: bool = False
     forwards: int = field(default=0, init=False)
 
     @torch.inference_mode()
@@ -81,6 +86,7 @@ class TargetRunner:
         normed, logits, low = self.feed(seq[start:], cache)
         out = Rollout(seq, start, normed, None)
         residuals = [low] if low is not None else []
+        features = [normed] if self.capture_features else []
         last, hint = logits[-1], 0
         while not stop(seq):
             seq.append(int(last.argmax()))
@@ -88,7 +94,7 @@ class TargetRunner:
                 break
             proposal, hint = lookup(seq, source, self.lookahead, self.ngram, hint)
             base = cache.length()
-            _, logits, low = self.feed([seq[-1], *proposal], cache)
+            normed, logits, low = self.feed([seq[-1], *proposal], cache)
             best = logits.argmax(-1).tolist()
             keep = 1
             for token, predicted in zip(proposal, best, strict=False):
@@ -104,8 +110,11 @@ class TargetRunner:
             cache.crop(base + keep)
             if low is not None:
                 residuals.append(low[:keep])
+            if features:
+                features.append(normed[:keep])
             last = logits[keep - 1]
         out.residuals = torch.cat(residuals) if residuals else None
+        out.features = torch.cat(features) if features else None
         out.forwards = self.forwards - calls
         return out
 
@@ -143,6 +152,8 @@ def sync_prefix(src: KVCache, dst: KVCache, valid: int, length: int) -> None:
 
 class SelfDraftView:
     """Predictions of a self-draft (an early exit of the target) from the target's own layer-L residuals."""
+
+    reads_features = False
 
     def __init__(self, exit_model: EarlyExit) -> None:
         self.model = exit_model
@@ -182,6 +193,7 @@ class ModelDraftView:
     """Predictions of a draft with its own cache, computed teacher-forced over whole texts in one pass."""
 
     capture_layer = None
+    reads_features = False
 
     def __init__(self, model: FullModel | EarlyExit) -> None:
         self.model = model
@@ -238,6 +250,7 @@ class LookupDraftView:
     """
 
     capture_layer = None
+    reads_features = False
     hidden_size = 0
 
     def __init__(self, drafter: Drafter) -> None:
@@ -259,10 +272,89 @@ class LookupDraftView:
         """Nothing to undo."""
 
 
-def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView | LookupDraftView:
+class EagleDraftView:
+    """Predictions of an EAGLE head (``engine.eagle``), teacher-forced on the text and the target's features.
+
+    Head row t reads (the target's feature f_t, token t+1) and predicts f_{t+1}; the token of that prediction
+    is the draft for position t+2: what ``EagleDrafter.propose`` gives first after the text up to there. The
+    features come with the rollouts (``reads_features``: the runner records every fed position's); those of
+    the current text are kept by position, since an alternative's rollout feeds only from its mismatch on.
+
+    At a mismatch at position p the draft hidden state is the proposal's first one: head row p-1 read from
+    (its own prediction of f_{p-1}, the draft token). That row is then forgotten, as the drafter forgets rows
+    written from its own predictions. Within a decoding window the later drafts read the head's predicted
+    features instead of the target's, so mined labels describe the first draft of a window exactly.
+    """
+
+    capture_layer = None
+    reads_features = True
+
+    def __init__(self, model: EagleModel) -> None:
+        self.model = model
+        self.hidden_size = model.hidden_size
+        self.cache: KVCache | None = None
+        self.features: torch.Tensor | None = None  # (max_len, H) the current text's target features
+        self.predicted: torch.Tensor | None = None  # (max_len, H) head row t's prediction of f_{t+1}
+        self.valid = 0  # head rows [0, valid) were written from the current text and the target's features
+
+    def reset(self, max_len: int) -> None:
+        if self.cache is None or self.cache.max_len < max_len:
+            stack = self.model.stack
+            self.cache = self.model.new_cache(max_len)
+            self.features = torch.zeros(max_len, self.hidden_size, dtype=stack.dtype, device=stack.device)
+            self.predicted = torch.zeros_like(self.features)
+        self.cache.crop(0)
+        self.valid = 0
+
+    def _read(self, roll: Rollout) -> None:
+        """Keep the features ``roll`` computed (its fed positions; those before are the current text's)."""
+        self.features[roll.fed_start : roll.fed_start + len(roll.features)] = roll.features
+
+    @torch.inference_mode()
+    def _rows(self, tokens: Sequence[int], end: int) -> list[int]:
+        """Write head rows ``[valid, end)`` from ``tokens``; the drafts for positions ``valid + 2 .. end + 1``."""
+        start = self.valid
+        self.cache.crop(start)
+        if end <= start:
+            return []
+        ids = torch.tensor(
+            list(tokens[start + 1 : end + 1]), dtype=torch.long, device=self.model.stack.device
+        )
+        predicted = self.model.step(ids, self.features[start:end], self.cache)
+        self.predicted[start:end] = predicted
+        self.valid = end
+        return self.model.tokens(predicted).tolist()
+
+    def start(self, roll: Rollout, prompt_len: int) -> list[int]:
+        """Drafts for every answer position; position 1 has none (no feature yet): its own token stands in."""
+        self._read(roll)
+        self.valid = 0
+        drafts = self._rows(roll.tokens, len(roll.tokens) - 2)
+        first = roll.tokens[1:2] if prompt_len == 1 else []
+        return first + drafts[max(prompt_len - 2, 0) :]
+
+    @torch.inference_mode()
+    def mismatch(self, roll: Rollout, position: int) -> torch.Tensor:
+        self.valid = min(self.valid, position - 1)
+        self._rows(roll.tokens, position - 1)
+        draft = torch.tensor([roll.tokens[position]], dtype=torch.long, device=self.model.stack.device)
+        hidden = self.model.step(draft, self.predicted[position - 2 : position - 1], self.cache)
+        self.cache.crop(position - 1)
+        return hidden[0]
+
+    def accept(self, roll: Rollout, position: int) -> list[int]:
+        self._read(roll)
+        return self._rows(roll.tokens, len(roll.tokens) - 2)
+
+    def reject(self, position: int) -> None:
+        """Rows from ``position - 1`` on are rewritten from the current text at the next mismatch."""
+
+
+def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView | LookupDraftView | EagleDraftView:
     """The view that mining uses for a pair's drafter, by the drafter's ``kind``: a self-draft reads the
     target's own residuals, a draft model runs teacher-forced over whole texts in its own cache, a lookup
-    drafter looks up the text before each position."""
+    drafter looks up the text before each position, an EAGLE head runs teacher-forced over the target's
+    features."""
     if drafter is None:
         raise ConfigError(
             "mining needs a draft model: load the pair with a draft (e.g. the default self-draft)"
@@ -274,8 +366,7 @@ def draft_view(drafter: Drafter) -> SelfDraftView | ModelDraftView | LookupDraft
     if drafter.kind == "lookup":
         return LookupDraftView(drafter)
     if drafter.kind == "eagle":
-        raise ConfigError(
-            "mining with an EAGLE head is not supported yet (its predictions need the target's feature at "
-            "every position of each rollout); mine with the self-draft or ngram"
-        )
-    raise ConfigError(f"no mining view for a drafter of kind {drafter.kind!r}; known: self, model, lookup")
+        return EagleDraftView(drafter.model)
+    raise ConfigError(
+        f"no mining view for a drafter of kind {drafter.kind!r}; known: self, model, lookup, eagle"
+    )

@@ -44,7 +44,12 @@ class Miner:
     ):
         self.stack = stack
         self.view = draft_view(drafter)
-        self.runner = TargetRunner(stack, self.view.capture_layer, settings.runner_lookahead())
+        self.runner = TargetRunner(
+            stack,
+            self.view.capture_layer,
+            settings.runner_lookahead(),
+            capture_features=self.view.reads_features,
+        )
         self.eos = frozenset(int(i) for i in eos_ids)
         self.settings = settings
         self.piece = piece or str  # token id -> readable text, for the records

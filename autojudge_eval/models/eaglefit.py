@@ -293,6 +293,40 @@ def eagle_agreement(
     return {k: v / max(total, 1) for k, v in hits.items()} | {"positions": total}
 
 
+def head_card(
+    *,
+    prompts: int,
+    max_new_tokens: int,
+    train: Sequence[Example],
+    held: Sequence[Example],
+    settings: TrainSettings,
+    history: Sequence[dict],
+    agreement: dict[str, float],
+    compare: tuple[str, float] | None = None,
+) -> dict:
+    """What the head's card (``autojudge.json``) records about its fit: the data (answers to the first
+    ``prompts`` training problems, up to ``max_new_tokens`` each), the steps and settings, the loss averaged
+    over the last 20 steps, the held-out agreements (``eagle_agreement``'s) and, with ``compare`` (a draft
+    spec, its ``exit_agreement``), another draft's on the same positions. The caller adds the target, the
+    default head vocabulary, dtype, time, machine, command and date."""
+    last = history[-20:]
+    return {
+        "data": f"gsm8k train, problems 0..{prompts - 1}: the target's greedy answers to the zero-shot chat "
+        f"prompt (up to {max_new_tokens} tokens); held out: the last {len(held)}",
+        "problems": len(train) + len(held),
+        "heldout_problems": len(held),
+        "heldout_positions": agreement["positions"],
+        "train_tokens": sum(int(len(e.ids) - e.prompt_len) for e in train),
+        "steps": settings.steps,
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "final_loss": {k: sum(h[k] for h in last) / len(last) for k in ("loss", "reg", "cls")}
+        if last
+        else {},
+        "heldout_agreement": {k: round(v, 4) for k, v in agreement.items() if k != "positions"},
+        "compare": {"draft": compare[0], "heldout_agreement": round(compare[1], 4)} if compare else None,
+    }
+
+
 @torch.inference_mode()
 def exit_agreement(exit_model, examples: Sequence[Example]) -> float:
     """The same positions' agreement for an early-exit self-draft (``engine.drafters.EarlyExit``)."""

@@ -208,3 +208,31 @@ def test_bench_runs_an_eagle_head_lossless(tiny_pair_dirs, data_dir, tmp_path, c
     assert report["methods"][f"lossless@{spec}"]["identical_to_target"] == 1.0
     assert report["physics"]["drafters"][spec]["kind"] == "eagle"
     assert report["physics"]["drafters"][spec]["proposed"] == 3
+
+
+def test_mine_with_an_eagle_head(tiny_pair_dirs, data_dir, tmp_path, capsys):
+    """``mine --draft eagle:FOLDER`` mines GSM8K problems with the head: labels, and DD-DT features whose
+    draft half is the head's hidden states."""
+    from conftest import random_eagle_head
+
+    from autojudge_eval.config import parse_model_spec
+    from autojudge_eval.engine.stack import LayerStack
+    from autojudge_eval.judging.training import training_data
+    from autojudge_eval.mining.records import read_mined
+    from autojudge_eval.models.eagle import save_eagle
+    from autojudge_eval.models.loading import load_model
+
+    target, _ = tiny_pair_dirs
+    stack = LayerStack(load_model(parse_model_spec(str(target)), device="cpu").model)
+    save_eagle(tmp_path / "head", random_eagle_head(stack), stack, vocab=None, card={})
+    args = ["mine", "--target", str(target), "--draft", f"eagle:{tmp_path / 'head'}", "--task", "gsm8k"]
+    args += ["--data", str(data_dir / "gsm8k"), "--limit", "2", "--max-new-tokens", "12"]
+    assert main([*args, "--out", str(tmp_path / "mined"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["problems"] == 2 and summary["mismatches"] > 0 and summary["part_totals"]["problems"] == 2
+    mined = read_mined(tmp_path / "mined")
+    n = len(mined.labels)
+    assert n == summary["mismatches"] and mined.manifests[0]["draft_hidden_size"] == stack.hidden_size
+    assert mined.draft_hidden.shape == mined.target_hidden.shape == (n, stack.hidden_size)
+    assert mined.draft_hidden.abs().sum(-1).min() > 0  # the head's states, not the empty rows of a lookup
+    assert training_data(mined, "DD-DT").x.shape == (n, 2 * stack.hidden_size)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_prompts, tiny_llama
+from conftest import random_eagle_head, random_prompts, tiny_llama
 
 from autojudge_eval.engine.acceptance import ExactMatch, JudgeAccept, TopK, constant_judge
 from autojudge_eval.engine.decoding import StopCriteria, speculative_generate
 from autojudge_eval.engine.drafters import Adapter, EarlyExit, FullModel, ModelDrafter, SelfDrafter
+from autojudge_eval.engine.eagle import EagleDrafter, EagleModel
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError
 
@@ -75,6 +76,39 @@ def test_all_accepted_path_with_identical_draft(target):
         assert out == reference
         assert all(a == 4 for a in stats.accepted[:-1])
         assert stats.target_calls == 6  # 5 tokens per call, 30 tokens
+
+
+class Observed:
+    """Records (start, rows) of every ``observe`` call before passing it on."""
+
+    def observe(self, start, features):
+        self.observed.append((start, len(features)))
+        super().observe(start, features)
+
+
+class ObservedSelf(Observed, SelfDrafter):
+    observed: list
+
+
+class ObservedEagle(Observed, EagleDrafter):
+    observed: list
+
+
+def test_prefill_features_go_only_to_a_drafter_that_reads_them(target):
+    """The loop normalises the prefill for an EAGLE head (features of positions 0..T-2), not for a drafter
+    that ignores features: that one's first observe is the first verify's, at the pending token."""
+    prompt = prompts(1, seed=4)[0] + [1, 2]
+    zero = Adapter(torch.zeros(64, 64), torch.zeros(64), exit_layer=2)
+    for drafter, reads in (
+        (ObservedSelf(EarlyExit(target, zero)), False),
+        (ObservedEagle(EagleModel(random_eagle_head(target), target)), True),
+    ):
+        drafter.observed = []
+        assert drafter.reads_features == reads
+        out, _ = speculative_generate(target, drafter, prompt, stop=StopCriteria(max_new_tokens=8), window=3)
+        assert out == greedy(target, prompt, 8)[0]
+        first = (0, len(prompt) - 1) if reads else (len(prompt) - 1, drafter.observed[0][1])
+        assert drafter.observed[0] == first
 
 
 def test_never_accepting_judge_equals_lossless(target, near_draft):

@@ -7,15 +7,15 @@ import json
 
 import pytest
 import torch
-from conftest import random_prompts, tiny_llama
+from conftest import random_eagle_head, random_prompts, tiny_llama
 
 from autojudge_eval.config import parse_model_spec
 from autojudge_eval.engine.acceptance import ExactMatch
 from autojudge_eval.engine.decoding import StopCriteria, speculative_generate
-from autojudge_eval.engine.eagle import EagleDrafter, EagleHead, EagleModel
+from autojudge_eval.engine.eagle import EagleDrafter, EagleModel
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, ModelLoadError
-from autojudge_eval.models.eagle import head_config, load_eagle, save_eagle
+from autojudge_eval.models.eagle import load_eagle, save_eagle
 
 VOCAB = 96
 
@@ -23,15 +23,6 @@ VOCAB = 96
 @pytest.fixture(scope="module")
 def target() -> LayerStack:
     return LayerStack(tiny_llama(0))
-
-
-def random_head(stack: LayerStack, seed: int = 3, *, fc_bias: bool = False) -> EagleHead:
-    torch.manual_seed(seed)
-    head = EagleHead(head_config({}, stack), type(stack.layers[0]), fc_bias=fc_bias)
-    with torch.no_grad():
-        for param in head.parameters():
-            param.normal_(0, 0.2)
-    return head
 
 
 def saved(tmp_path, stack, head, *, name="head", card=None, vocab=None):
@@ -71,7 +62,7 @@ class CheckedDrafter(EagleDrafter):
 
 @pytest.mark.parametrize("window", [1, 4, 8])
 def test_lossless_through_a_saved_head_equals_target(tmp_path, target, window):
-    folder = saved(tmp_path, target, random_head(target))
+    folder = saved(tmp_path, target, random_eagle_head(target))
     model = load_eagle(parse_model_spec(f"eagle:{folder}", allow_self=True), target, "tiny")
     for prompt in prompts(10):
         out, stats = speculative_generate(
@@ -87,7 +78,7 @@ def test_lossless_through_a_saved_head_equals_target(tmp_path, target, window):
 
 
 def test_cache_after_rollbacks_matches_a_fresh_pass(tmp_path, target):
-    model = EagleModel(random_head(target, seed=5), target)
+    model = EagleModel(random_eagle_head(target, seed=5), target)
     CheckedDrafter.checked = 0
     for prompt in prompts(6, seed=2):
         out, _ = speculative_generate(
@@ -105,7 +96,7 @@ def bigram_pair(tmp_path):
         model.model.layers[0].self_attn.o_proj.weight.zero_()
         model.model.layers[0].mlp.down_proj.weight.zero_()
     stack = LayerStack(model)
-    head = random_head(stack, fc_bias=True)
+    head = random_eagle_head(stack, fc_bias=True)
     hidden = stack.hidden_size
     with torch.no_grad():
         head.fc.weight.copy_(torch.cat([torch.eye(hidden), torch.zeros(hidden, hidden)], dim=1))
@@ -129,7 +120,7 @@ def test_all_accepted_with_an_exact_head(tmp_path):
 
 
 def test_draft_hidden_states_for_dd_judges(tmp_path, target):
-    drafter = EagleDrafter(EagleModel(random_head(target), target))
+    drafter = EagleDrafter(EagleModel(random_eagle_head(target), target))
     cache = target.new_cache(64)
     seq = torch.tensor(prompts(1, seed=4)[0] + [1, 2], dtype=torch.long)
     drafter.reset(cache)
@@ -140,7 +131,7 @@ def test_draft_hidden_states_for_dd_judges(tmp_path, target):
 
 def test_truncated_head_keeps_only_listed_tokens(tmp_path, target):
     order = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0))
-    folder = saved(tmp_path, target, random_head(target), vocab=order, card={"default_head_vocab": 10})
+    folder = saved(tmp_path, target, random_eagle_head(target), vocab=order, card={"default_head_vocab": 10})
     model = load_eagle(parse_model_spec(f"eagle:{folder}", allow_self=True), target, "tiny")
     assert model.rows.tolist() == order[:10].tolist()
     prompt = prompts(1)[0]
@@ -156,7 +147,7 @@ def test_public_layout_names_and_prefix(tmp_path, target):
     """config.json + model.safetensors with fc.weight and layers.0.*; a ``model.`` prefix loads too."""
     from safetensors.torch import load_file, save_file
 
-    folder = saved(tmp_path, target, random_head(target))
+    folder = saved(tmp_path, target, random_eagle_head(target))
     config = json.loads((folder / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["architectures"] == ["LlamaForCausalLM"]
     names = set(load_file(str(folder / "model.safetensors")))
@@ -183,7 +174,7 @@ def test_pickle_is_refused_with_the_conversion(tmp_path, target):
 
 
 def test_clear_errors(tmp_path, target):
-    folder = saved(tmp_path, target, random_head(target), card={"target": "another-model"})
+    folder = saved(tmp_path, target, random_eagle_head(target), card={"target": "another-model"})
     spec = parse_model_spec(f"eagle:{folder}", allow_self=True)
     with pytest.raises(ModelLoadError, match="trained for target 'another-model'"):
         load_eagle(spec, target, "tiny")

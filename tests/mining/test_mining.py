@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import random_eagle_head, tiny_llama
 
 from autojudge_eval.engine.decoding import StopCriteria, speculative_generate
 from autojudge_eval.engine.drafters import Adapter, EarlyExit, FullModel, ModelDrafter, SelfDrafter
+from autojudge_eval.engine.eagle import EagleDrafter, EagleModel
 from autojudge_eval.engine.ngram import NgramDrafter
 from autojudge_eval.engine.stack import LayerStack
 from autojudge_eval.errors import ConfigError, SandboxError
@@ -25,7 +26,7 @@ from autojudge_eval.mining.outcomes import (
     python_block_closed,
 )
 from autojudge_eval.mining.records import LABELS, done_problem_ids, read_mined
-from autojudge_eval.mining.rollout import TargetRunner, lookup
+from autojudge_eval.mining.rollout import TargetRunner, draft_view, lookup
 from autojudge_eval.mining.search import Miner, MineSettings, Problem, compare_no_cache, run_mining
 from autojudge_eval.provenance import distributed_rank
 from autojudge_eval.sandbox import ExecResult, TestOutcome, Verdict
@@ -51,12 +52,14 @@ def target(target_model) -> LayerStack:
 
 @pytest.fixture(scope="module")
 def drafters(target, draft_model):
-    """A separate draft model, and a self-draft (exit layer 1, zero adapter) sharing the target."""
+    """A separate draft model, a self-draft (exit layer 1, zero adapter) sharing the target, a lookup
+    drafter and a random EAGLE head on the target's features."""
     exit_model = EarlyExit(target, Adapter(torch.zeros(64, 64), torch.zeros(64), 1))
     return {
         "model": ModelDrafter(FullModel(LayerStack(draft_model), VOCAB), "cpu"),
         "self": SelfDrafter(exit_model),
         "lookup": NgramDrafter(n_max=2, n_min=1),
+        "eagle": EagleDrafter(EagleModel(random_eagle_head(target), target)),
     }
 
 
@@ -229,6 +232,53 @@ def test_every_change_important_keeps_the_reference(target, target_model, draft_
     assert all(x.important for x in got.labels)
 
 
+def first_drafts(target, drafter, tokens: list[int], start: int) -> list[int]:
+    """What ``drafter`` proposes first after each prefix ``tokens[:p]``, p from ``start`` on: each from a fresh
+    generation's state, fed the prefix's features by a prefill as the decoding loop feeds them."""
+    drafts = []
+    for p in range(start, len(tokens)):
+        cache = target.new_cache(len(tokens) + 2)
+        drafter.reset(cache)
+        seq = torch.tensor(tokens[:p])
+        drafter.observe(0, target.norm(target.run(target.embed(seq[:-1]), cache))[0])
+        drafts.append(int(drafter.propose(seq, 1, with_hidden=False).tokens[0]))
+    return drafts
+
+
+def test_eagle_view_drafts_what_the_drafter_proposes_first(target, drafters):
+    """Teacher-forced over a rollout (features recorded through lookahead windows), the view's draft at each
+    answer position is the engine's first proposal there."""
+    runner = TargetRunner(target, lookahead=4, capture_features=True)
+    view, stop = draft_view(drafters["eagle"]), naive_stop()
+    for prompt in prompts(3):
+        n = len(prompt)
+        roll = runner.rollout(list(prompt), target.new_cache(64), lambda s, n=n: stop(s[n:]))
+        assert roll.features.shape == (len(roll.tokens) - 1, target.hidden_size)
+        view.reset(64)
+        drafts = view.start(roll, n)
+        assert drafts == first_drafts(target, drafters["eagle"], roll.tokens, n)
+        assert drafts != roll.tokens[n:]  # the random head disagrees somewhere: there is something to mine
+
+
+@pytest.mark.parametrize("outcome", ["constant", "exact"])
+def test_eagle_search_labels_where_the_drafter_disagrees(outcome, target, drafters):
+    """Every alternative accepted (constant outcome) or rejected (exact): the labels sit where the drafter's
+    first proposal after the text kept so far differs from it, so with all accepted the final text is one the
+    drafter agrees with everywhere, and with all rejected it is the reference."""
+    task = CallableOutcome(lambda t: 0) if outcome == "constant" else CallableOutcome(tuple)
+    miner = Miner(target, drafters["eagle"], [EOS], MineSettings(max_new_tokens=MAX_NEW))
+    for prompt in prompts(3):
+        got, n = miner.mine(Problem("p", prompt, task)), len(prompt)
+        drafts = first_drafts(target, drafters["eagle"], list(prompt) + got.answer, n)
+        assert got.labels and got.draft_hidden.shape == (len(got.labels), target.hidden_size)
+        if outcome == "constant":
+            assert drafts == got.answer
+            assert [x.draft_token for x in got.labels] == [got.answer[x.position] for x in got.labels]
+        else:
+            assert got.answer == got.reference
+            assert [x.position for x in got.labels] == [i for i, t in enumerate(got.answer) if drafts[i] != t]
+
+
 class Recorder:
     """A lossless accept rule that keeps every mismatch the decoder shows it."""
 
@@ -242,17 +292,19 @@ class Recorder:
         return False
 
 
-@pytest.mark.parametrize("kind", ["model", "self"])
-def test_features_equal_the_decoders(kind, target, drafters):
+@pytest.mark.parametrize(("kind", "window"), [("model", 3), ("self", 3), ("eagle", 1)])
+def test_features_equal_the_decoders(kind, window, target, drafters):
     """With every change important the search keeps the target's text, so lossless decoding meets a subset
-    of its mismatches (not those at bonus-token positions); there both must hold the same features."""
+    of its mismatches (not those at bonus-token positions); there both must hold the same features. An EAGLE
+    head's later drafts in a window read its own predicted features, not the target's: mining labels first
+    drafts, which are all a window of 1 shows."""
     prompt = prompts(2)[1]
     got = Miner(target, drafters[kind], [EOS], MineSettings(MAX_NEW)).mine(
         Problem("p", prompt, CallableOutcome(tuple))
     )
     rule = Recorder()
     tokens, _ = speculative_generate(
-        target, drafters[kind], list(prompt), stop=StopCriteria(MAX_NEW, (EOS,)), rule=rule, window=3
+        target, drafters[kind], list(prompt), stop=StopCriteria(MAX_NEW, (EOS,)), rule=rule, window=window
     )
     assert tokens == [t for t in got.reference if t != EOS] and len(rule.seen) >= 2
     rows, start = [], 0

@@ -90,3 +90,38 @@ def test_resume_from_a_mid_run_checkpoint(tmp_path, stack):
     resumed, history = eaglefit.train_head(stack, examples, order, settings, ckpt)
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     torch.testing.assert_close(resumed.fc.weight, straight.fc.weight)
+
+
+def test_head_card_records_the_fit():
+    """The card's fit part: data and held-out counts, answer tokens trained on, the loss over the last 20
+    steps, agreements rounded (positions apart) and the compared draft's."""
+
+    def example(pid: str, prompt_len: int, n: int) -> eaglefit.Example:
+        return eaglefit.Example(
+            pid, torch.zeros(n, dtype=torch.long), torch.zeros(n, 4), torch.zeros(n), prompt_len
+        )
+
+    train, held = [example("train-0", 3, 10), example("train-1", 2, 5)], [example("train-2", 4, 6)]
+    history = [{"loss": float(i), "reg": 1.0, "cls": 2.0} for i in range(30)]
+    agreement = {"full": 0.123456, "20": 0.5, "positions": 7}
+    settings = eaglefit.TrainSettings(steps=30)
+    card = eaglefit.head_card(
+        prompts=4,
+        max_new_tokens=64,
+        train=train,
+        held=held,
+        settings=settings,
+        history=history,
+        agreement=agreement,
+        compare=("self:default", 0.33333),
+    )
+    assert card["data"].startswith("gsm8k train, problems 0..3:") and "up to 64 tokens" in card["data"]
+    assert (card["problems"], card["heldout_problems"], card["heldout_positions"]) == (3, 1, 7)
+    assert card["train_tokens"] == 7 + 3 and card["steps"] == 30 and card["settings"]["steps"] == 30
+    assert card["final_loss"] == {"loss": 19.5, "reg": 1.0, "cls": 2.0}  # steps 10..29
+    assert card["heldout_agreement"] == {"full": 0.1235, "20": 0.5}
+    assert card["compare"] == {"draft": "self:default", "heldout_agreement": 0.3333}
+    bare = eaglefit.head_card(
+        prompts=4, max_new_tokens=64, train=[], held=held, settings=settings, history=[], agreement=agreement
+    )
+    assert bare["final_loss"] == {} and bare["compare"] is None and bare["train_tokens"] == 0
