@@ -123,18 +123,22 @@ class SweepSpec:
         return dataclasses.replace(self, draft=self.draft or default_draft(self.target))
 
     def call(self, point: MethodPoint, output_path: Path, extra: dict | None = None) -> LmEvalCall:
-        """The lm-eval invocation of one point (``extra``: more model_args, e.g. the interleaving ones)."""
+        """The lm-eval invocation of one point (``extra``: more model_args, e.g. the interleaving ones).
+
+        ``--engine hf``: ``lm_eval --model autojudge``. ``--engine vllm``: ``lm_eval --model autojudge-vllm``
+        (``vllm.backend``), the target as ``pretrained``, vLLM's proposer as ``draft``, at lm-eval's batch;
+        its target-only point gets the draft and window too (it ignores them), so its pair names its sweep's.
+        """
         from lm_eval.utils import simple_parse_args_string
 
         if point.mode == "autojudge" and not self.judge:
             raise ConfigError(
                 "method autojudge needs --judge PATH (or the stand-ins accept-all / reject-all)"
             )
-        if self.engine == "vllm":
-            return self._vllm_call(point, output_path, extra)
-        args: dict = {"target": self.target, "draft": self.draft or default_draft(self.target)}
+        resolved, on_vllm = self.resolved(), self.engine == "vllm"
+        args: dict = {"pretrained" if on_vllm else "target": self.target, "draft": resolved.draft}
         args["mode"] = point.mode
-        if point.mode != "target":
+        if point.mode != "target" or on_vllm:
             args["window"] = self.window
         if point.mode == "topk":
             args["topk"] = point.topk
@@ -144,7 +148,8 @@ class SweepSpec:
                 args["threshold"] = point.threshold
         args.update(extra or {})
         args.update(simple_parse_args_string(self.model_args or ""))
-        env = {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
+        keys = (*ENV_KEYS, *VLLM_ENV_KEYS) if on_vllm else ENV_KEYS
+        env = {k: os.environ[k] for k in keys if os.environ.get(k)}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return LmEvalCall(
@@ -156,37 +161,9 @@ class SweepSpec:
             apply_chat_template=self.apply_chat_template,
             gen_kwargs=tuple(simple_parse_args_string(self.gen_kwargs or "").items()),
             env=tuple(env.items()),
-            batch_size=self.batch_size,
+            model="autojudge-vllm" if on_vllm else "autojudge",
+            batch_size=resolved.batch_size,
         )
-
-    def _vllm_call(self, point: MethodPoint, output_path: Path, extra: dict | None) -> LmEvalCall:
-        """The point as ``lm_eval --model autojudge-vllm`` (``vllm.backend``): the target, vLLM's proposer
-        (``draft``), the window, the judge and its threshold; vLLM's own arguments come in ``model_args``."""
-        from lm_eval.utils import simple_parse_args_string
-
-        # the draft and window even for target-only, which ignores them: its pair then names its sweep's
-        args: dict = {
-            "pretrained": self.target,
-            "mode": point.mode,
-            "draft": self.draft or VLLM_DEFAULT_DRAFT,
-        }
-        args["window"] = self.window
-        if point.mode == "autojudge":
-            args["judge"] = self.judge
-            if point.threshold is not None:
-                args["threshold"] = point.threshold
-        args.update(extra or {})
-        args.update(simple_parse_args_string(self.model_args or ""))
-        env = {k: os.environ[k] for k in (*ENV_KEYS, *VLLM_ENV_KEYS) if os.environ.get(k)}
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
-        return LmEvalCall(
-            model_args=tuple(args.items()), task=self.task, include_path=self.include_path,
-            output_path=_display_path(output_path), limit=self.limit,
-            apply_chat_template=self.apply_chat_template,
-            gen_kwargs=tuple(simple_parse_args_string(self.gen_kwargs or "").items()),
-            env=tuple(env.items()), model="autojudge-vllm", batch_size=self.batch_size or "auto",
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
