@@ -90,11 +90,16 @@ def plot_group(rows: pd.DataFrame, png: Path, *, title: str) -> Path:
                     0.5, 0.5, "no target-only point in this sweep", ha="center", transform=axis.transAxes
                 )
     handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = 1
     if handles:  # one legend for the grid, under the title, where it covers no point
-        fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(len(handles), 6),
+        # as many columns as fit the figure's width (about 14 characters an inch at 8 pt, plus the marker)
+        fit = int(fig.get_figwidth() * 14 // (max(len(label) for label in labels) + 6))
+        ncol = max(1, min(len(handles), 6, fit))
+        rows = -(-len(handles) // ncol)
+        fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=ncol,
                    bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)  # fmt: skip
     fig.suptitle(_short(title), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.55 + 0.2 * rows) / fig.get_figheight()))
     fig.savefig(png)
     plt.close(fig)
     return png
