@@ -43,7 +43,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default=None, help="judge folder or .safetensors (or accept-all / reject-all)")
     p.add_argument(
         "--methods", default=None, help="comma list of target,lossless,topk,autojudge "
-        "(default: all four with --judge, else the first three)",
+        "(default: all four with --judge, else the first three; --engine vllm: no topk)",
     )  # fmt: skip
     p.add_argument(
         "--thresholds", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9], help="autojudge thresholds"

