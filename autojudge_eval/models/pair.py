@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from autojudge_eval.config import DecodeConfig, ModelSpec, default_draft, parse_model_spec, resolve_dtype
+from autojudge_eval.config import DEFAULT_DRAFT, DecodeConfig, ModelSpec, parse_model_spec, resolve_dtype
 from autojudge_eval.engine.acceptance import AcceptRule, ExactMatch, TopK
 from autojudge_eval.engine.decoding import DecodeStats, StopCriteria, speculative_generate
 from autojudge_eval.engine.drafters import (
@@ -97,7 +97,7 @@ def load_pair(
     """
     t_spec = target if isinstance(target, ModelSpec) else parse_model_spec(target)
     if draft is None:
-        draft = default_draft("default") if t_spec.kind == "default" else "none"
+        draft = DEFAULT_DRAFT if t_spec.kind == "default" else "none"
     loaded = load_model(t_spec, device=device, dtype=dtype)
     stack = LayerStack(loaded.model)
     pair = Pair(loaded, stack, None, "none", eos_token_ids(loaded))
