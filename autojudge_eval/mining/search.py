@@ -215,29 +215,42 @@ def compare_no_cache(
     settings: MineSettings,
     piece=None,
     modes: Sequence[str] = COMPARE_MODES,
+    *,
+    engines: dict | None = None,
+    baseline: str = "no_cache",
 ) -> dict:
-    """Mine ``problems`` several ways in this process (nothing is written) and compare with the no-cache
-    baseline that recomputes every alternative's prefix (always run): rates, speedups and label agreement.
+    """Mine ``problems`` several ways in this process (nothing is written) and compare each with the
+    ``baseline`` mode (always run; by default no cache: every alternative's prefix recomputed): rates,
+    speedups and label agreement.
 
     Modes: ``batched`` (``settings.rows`` problems in flight; skipped when rows is 1), ``cached`` (batch 1,
-    cache reuse + lookahead), ``cached_no_lookahead``, ``no_cache``.
+    cache reuse + lookahead), ``cached_no_lookahead``, ``no_cache``, and any name in ``engines``, a miner
+    factory for a miner that runs elsewhere (``vllm``: ``vllm.mining``). Labels are compared as (problem,
+    position, draft token, target token, important, outcome).
     """
-    unknown = sorted(set(modes) - set(COMPARE_MODES))
+    engines = dict(engines or {})
+    known = (*COMPARE_MODES, *engines)
+    unknown = sorted(set((*modes, baseline)) - set(known))
     if unknown:
-        raise ConfigError(f"unknown comparison modes {unknown}; choose from {', '.join(COMPARE_MODES)}")
+        raise ConfigError(f"unknown comparison modes {unknown}; choose from {', '.join(known)}")
     every = {
         "batched": settings,
         "cached": replace(settings, rows=1),
         "cached_no_lookahead": replace(settings, lookahead=0, rows=1),
         "no_cache": replace(settings, reuse_cache=False, lookahead=0, rows=1),
     }
-    chosen = [
-        m for m in COMPARE_MODES if (m in modes or m == "no_cache") and (m != "batched" or settings.rows > 1)
-    ]
-    modes = {m if m != "batched" else f"batched_{settings.rows}_rows": every[m] for m in chosen}
+    factories = {
+        m: (lambda mode=mode: make_miner(stack, drafter, eos_ids, mode, piece)) for m, mode in every.items()
+    }
+    factories.update(engines)
+    if baseline == "batched" and settings.rows < 2:
+        raise ConfigError("the batched baseline needs --rows of at least 2")
+    chosen = [m for m in known if (m in modes or m == baseline) and (m != "batched" or settings.rows > 1)]
+    named = {m if m != "batched" else f"batched_{settings.rows}_rows": m for m in chosen}
+    base_name = next(name for name, m in named.items() if m == baseline)
     report, labels = {}, {}
-    for name, mode in modes.items():
-        miner = make_miner(stack, drafter, eos_ids, mode, piece)
+    for name, mode in named.items():
+        miner = factories[mode]()
         begin, results = time.perf_counter(), []
         for _, result in miner.mine_many(problems):
             if isinstance(result, Exception):
@@ -248,7 +261,9 @@ def compare_no_cache(
         results.sort(key=lambda r: order[r.record.problem_id])
         count = sum(r.record.mismatches for r in results)
         labels[name] = [
-            (x.problem_id, x.position, x.draft_token, x.important) for r in results for x in r.labels
+            (x.problem_id, x.position, x.draft_token, x.target_token, x.important, x.outcome)
+            for r in results
+            for x in r.labels
         ]
         log.info("compare: %s took %.1f s for %d labels", name, seconds, count)
         report[name] = {
@@ -257,8 +272,17 @@ def compare_no_cache(
             "labels_per_minute": 60 * count / seconds if seconds else 0.0,
             "target_forwards": sum(r.record.target_forwards for r in results),
         }
-    base = report["no_cache"]["seconds"]
+    base = report[base_name]["seconds"]
     for name, entry in report.items():
-        entry["speedup_vs_no_cache"] = base / entry["seconds"] if entry["seconds"] else 0.0
-        entry["same_labels_as_no_cache"] = labels[name] == labels["no_cache"]
-    return {"problems": [p.id for p in problems], "modes": report}
+        entry["speedup_vs_baseline"] = base / entry["seconds"] if entry["seconds"] else 0.0
+        entry["same_labels_as_baseline"] = labels[name] == labels[base_name]
+        if not entry["same_labels_as_baseline"]:
+            entry["first_difference"] = _first_difference(labels[name], labels[base_name])
+    return {"problems": [p.id for p in problems], "baseline": base_name, "modes": report}
+
+
+def _first_difference(got: list[tuple], want: list[tuple]) -> dict:
+    """Where two label lists part: the index and both labels there (None past an end)."""
+    k = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+    return {"index": k, "got": got[k] if k < len(got) else None, "baseline": want[k] if k < len(want) else None,
+            "labels": len(got), "baseline_labels": len(want)}  # fmt: skip

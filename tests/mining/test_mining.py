@@ -353,7 +353,8 @@ def test_compare_no_cache_reports_same_labels(target, drafters):
         target, drafters["model"], [EOS], [Problem("a", prompts(1)[0], MOD3)], MineSettings(MAX_NEW)
     )
     assert set(report["modes"]) == {"cached", "cached_no_lookahead", "no_cache"}
-    assert all(m["same_labels_as_no_cache"] for m in report["modes"].values())
+    assert report["baseline"] == "no_cache"
+    assert all(m["same_labels_as_baseline"] for m in report["modes"].values())
 
 
 def test_outcome_decided_rules():
