@@ -176,12 +176,11 @@ class _VllmMiners:
         self.llm = None
 
     def miner(self):
-        from autojudge_eval.mining.stream import StreamMiner
+        from autojudge_eval.mining.stream import StreamMiner, lookup_view
         from autojudge_eval.vllm.mining import VllmGreedy, greedy_engine
 
         pair = self.pair
-        # the drafter is checked before vLLM starts (a minute on CPU)
-        StreamMiner(None, pair.stack, pair.drafter, pair.eos_ids, self.settings, self.piece)
+        lookup_view(pair.drafter)  # checked before vLLM starts (a minute on CPU)
         if self.llm is None:
             dtype = str(pair.target.dtype).replace("torch.", "")
             self.llm = greedy_engine(self.args.target, dtype, self.max_len, self.settings.rows)

@@ -105,6 +105,19 @@ class _Live:
     generated: int = 0  # tokens the engine generated for this problem
 
 
+def lookup_view(drafter) -> LookupDraftView:
+    """The mining view of ``drafter``, which must be a lookup drafter: the only kind a token-only engine can
+    mine for (the module docstring)."""
+    view = draft_view(drafter)
+    if not isinstance(view, LookupDraftView):
+        raise ConfigError(
+            "mining on vLLM needs a lookup drafter (--draft ngram): a self-draft's or an EAGLE head's "
+            "predictions need the target's states along every continuation, which vLLM does not return; "
+            "mine those pairs with the HF engine (--engine hf)"
+        )
+    return view
+
+
 class StreamMiner:
     """Mines up to ``settings.rows`` problems at once on a :class:`GreedyService` (module docstring).
 
@@ -114,13 +127,7 @@ class StreamMiner:
     def __init__(
         self, service: GreedyService, stack: LayerStack, drafter, eos_ids, settings: MineSettings, piece=None
     ):
-        self.view = draft_view(drafter)
-        if not isinstance(self.view, LookupDraftView):
-            raise ConfigError(
-                "mining on vLLM needs a lookup drafter (--draft ngram): a self-draft's or an EAGLE head's "
-                "predictions need the target's states along every continuation, which vLLM does not return; "
-                "mine those pairs with the HF engine (--engine hf)"
-            )
+        self.view = lookup_view(drafter)
         self.service = service
         self.stack = stack
         self.eos = frozenset(int(i) for i in eos_ids)
@@ -159,13 +166,11 @@ class StreamMiner:
                 del live[key]
                 if not done:
                     answer = len(item.seq) - len(item.prompt)
-                    yield (
-                        item.problem,
-                        AutojudgeError(
-                            f"problem {item.problem.id}: the engine ended a continuation after {answer} answer "
-                            "tokens, before EOS, the budget or the outcome (check the engine's max_model_len)"
-                        ),
+                    exc = AutojudgeError(
+                        f"problem {item.problem.id}: the engine ended a continuation after {answer} answer "
+                        "tokens, before EOS, the budget or the outcome (check the engine's max_model_len)"
                     )
+                    yield item.problem, exc
                     continue
                 if not finished:
                     self.service.cancel(key)

@@ -220,9 +220,7 @@ def _backend_class():
             loads, target_name = resolve_target(pretrained)
             lookup = (int(prompt_lookup_max), int(prompt_lookup_min))
             self.pair = pair_name(target_name, draft, lookup)
-            if _on_cpu():  # vLLM's CPU build reserves RAM by these two settings (docs/vllm.md)
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-                kwargs.setdefault("gpu_memory_utilization", 0.05)
+            cpu_defaults(kwargs)
             kwargs.setdefault("disable_log_stats", False)  # the speculative-decoding counters
             super().__init__(pretrained=loads, dtype=dtype, **kwargs)
             self.speed: list[tuple[str, dict]] = []  # (task, the record of one generate_until call)
@@ -259,6 +257,15 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def cpu_defaults(kwargs: dict) -> dict:
+    """``kwargs`` for an ``LLM``, with the two settings by which vLLM's CPU build reserves RAM filled in where
+    unset (docs/vllm.md); unchanged off the CPU build."""
+    if _on_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        kwargs.setdefault("gpu_memory_utilization", 0.05)
+    return kwargs
 
 
 def __getattr__(name: str):

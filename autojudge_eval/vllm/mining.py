@@ -9,12 +9,10 @@ and ``mine --compare-modes vllm,batched`` measures both on the same problems.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from autojudge_eval.errors import ConfigError
-from autojudge_eval.vllm import plugin
-from autojudge_eval.vllm.backend import _on_cpu, resolve_target
+from autojudge_eval.vllm.backend import cpu_defaults, engine_config, resolve_target
 
 
 class VllmGreedy:
@@ -54,10 +52,6 @@ def greedy_engine(target: str, dtype: str, max_model_len: int, rows: int, seed: 
             "docs/vllm.md"
         ) from exc
     loads, _ = resolve_target(target)
-    kwargs = {}
-    if _on_cpu():  # vLLM's CPU build reserves RAM by these two settings (docs/vllm.md)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        kwargs["gpu_memory_utilization"] = 0.05
     return LLM(
         model=loads,
         dtype=dtype,
@@ -65,6 +59,6 @@ def greedy_engine(target: str, dtype: str, max_model_len: int, rows: int, seed: 
         max_model_len=max_model_len,
         max_num_seqs=max(rows, 1),
         enable_prefix_caching=True,
-        additional_config={plugin.CONFIG_KEY: {"judge": None, "threshold": None}},
-        **kwargs,
+        additional_config=engine_config(None, None, None),
+        **cpu_defaults({}),
     )
